@@ -1,0 +1,1 @@
+//! sa-lab end-to-end tests live in tests/.

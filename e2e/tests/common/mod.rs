@@ -1,0 +1,130 @@
+//! The e2e fixture: a fresh local cluster per test, stopped on drop (also
+//! when the test panics). Cluster tests say what they do to the cluster and
+//! never depend on each other or on leftovers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sa_lab::local::{self, ClusterInfo, UpOptions};
+
+/// A local cluster owned by one test.
+pub struct TestCluster {
+    pub info: ClusterInfo,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A namespace name unique to this test run.
+pub fn unique_ns(prefix: &str) -> String {
+    unique(prefix)
+}
+
+/// Fails (or, with the explicit opt-out `SA_LAB_SKIP_E2E=1`, returns false)
+/// when the Kubernetes binaries are missing. CI never sets the opt-out.
+pub fn binaries_present() -> bool {
+    match sa_lab::binaries::find() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("SA_LAB_SKIP_E2E").is_ok_and(|v| v == "1") {
+                eprintln!("SKIPPED (SA_LAB_SKIP_E2E=1): {e}");
+                return false;
+            }
+            panic!(
+                "e2e tests need the Kubernetes binaries: {e}\n\
+                 Build them with scripts/install-k8s.sh (or run scripts/test.sh, which does)."
+            );
+        }
+    }
+}
+
+impl TestCluster {
+    /// Starts a fresh local cluster named `t-<name>-<pid>-<n>`.
+    pub async fn start(name: &str) -> TestCluster {
+        Self::try_start(name)
+            .await
+            .unwrap_or_else(|e| panic!("sa-lab up failed: {e}"))
+    }
+
+    pub async fn try_start(name: &str) -> Result<TestCluster, local::Error> {
+        if !binaries_present() {
+            // Only reachable with the explicit opt-out SA_LAB_SKIP_E2E=1.
+            std::process::exit(0);
+        }
+        let cluster = unique(&format!("t-{name}"));
+        let info = local::up(&UpOptions {
+            name: cluster,
+            api_port: None,
+        })
+        .await?;
+        Ok(TestCluster { info })
+    }
+
+    /// An admin client (`system:masters`).
+    pub async fn client(&self) -> kube::Client {
+        self.info.client().await.expect("admin client")
+    }
+
+    /// Runs the built kubectl with this cluster's admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.info.kubectl())
+            .args(args)
+            .env("KUBECONFIG", &self.info.kubeconfig)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Like [`kubectl`](Self::kubectl) but panics unless it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.info.dir.clone()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Err(e) = local::down(&self.info.name) {
+            // Don't double-panic while unwinding; report loudly instead.
+            eprintln!("sa-lab down {} failed: {e}", self.info.name);
+            if !std::thread::panicking() {
+                panic!("sa-lab down {} failed: {e}", self.info.name);
+            }
+        }
+    }
+}
+
+/// Waits for `cond` (polled every 100 ms) up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The test command (the README's): builds everything the tests need, then
+# runs every test: unit tests, e2e tests against fresh local clusters (real
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler + the sandbox
+# node), the book checks, and shellcheck on every script.
+#
+#   scripts/test.sh                 everything
+#   scripts/test.sh -- --test cluster   extra arguments go to `cargo test`
+set -o errexit -o nounset -o pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { printf '\n=== %s\n' "$*" >&2; }
+
+main() {
+  cd "${REPO_ROOT}"
+  if [[ "${1:-}" == "--" ]]; then shift; fi
+
+  log "Kubernetes binaries (built from Go modules, cached per version)"
+  local k8s_bin
+  k8s_bin="$(scripts/install-k8s.sh)"
+  export SA_LAB_K8S_BIN="${k8s_bin}"
+
+  log "mdBook"
+  MDBOOK="$(scripts/install-mdbook.sh)"
+  export MDBOOK
+
+  log "shellcheck"
+  scripts/lint-scripts.sh
+
+  log "Building sa-lab and every lab binary"
+  cargo build --workspace --bins --locked
+
+  # Tests get their own state dir, so they never touch a learner's clusters.
+  SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-test.XXXXXX")"
+  export SA_LAB_HOME SA_LAB_QUIET=1
+  trap 'cleanup' EXIT
+
+  log "Tests (unit + e2e on local clusters + book)"
+  cargo test --workspace --locked "$@" -- --test-threads="${SA_LAB_TEST_THREADS:-2}"
+}
+
+# Stops any cluster a killed test run left behind, then removes the state.
+cleanup() {
+  local dir name
+  for dir in "${SA_LAB_HOME}"/clusters/*/; do
+    [[ -d "${dir}" ]] || continue
+    name="$(basename "${dir}")"
+    target/debug/sa-lab down --name "${name}" >/dev/null 2>&1 || true
+  done
+  rm -rf "${SA_LAB_HOME}"
+}
+
+main "$@"

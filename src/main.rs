@@ -1,0 +1,181 @@
+//! The `sa-lab` command: bring up a cluster, run a chapter or the whole tour,
+//! print the allowed/forbidden matrix.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sa_lab::local;
+
+#[derive(Parser)]
+#[command(
+    name = "sa-lab",
+    version,
+    about = "A hands-on course on Kubernetes ServiceAccounts, on a real API server",
+    long_about = "A hands-on course on Kubernetes ServiceAccounts. Every allow, deny and \
+token is decided by a real kube-apiserver: the local provider runs the real etcd, \
+kube-apiserver, kube-controller-manager and kube-scheduler as local processes, plus a \
+sandbox node that runs lab Pods.\n\nRUST_LOG=info,kube=debug shows what the client does."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local cluster (real control plane + sandbox node) and print
+    /// the `export KUBECONFIG=...` line.
+    Up {
+        /// Cluster name (one directory of state per name).
+        #[arg(long, default_value = local::DEFAULT_NAME)]
+        name: String,
+        /// API server port on 127.0.0.1 (default: a free port).
+        #[arg(long)]
+        api_port: Option<u16>,
+    },
+    /// Stop every process of a local cluster and remove its state.
+    Down {
+        #[arg(long, default_value = local::DEFAULT_NAME)]
+        name: String,
+    },
+    /// Show each component of local clusters and its health.
+    Status {
+        /// Only this cluster (default: all).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the shell lines that point kubectl and sa-lab at a cluster:
+    /// `eval "$(sa-lab env)"`.
+    Env {
+        #[arg(long, default_value = local::DEFAULT_NAME)]
+        name: String,
+    },
+    /// Run a local cluster's supervisor (started by `up`).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        name: String,
+    },
+    /// Run one container of a Pod in its own mount namespace (started by the
+    /// sandbox node; single-threaded, execs the container's command).
+    #[command(hide = true)]
+    PodExec { spec: std::path::PathBuf },
+    /// Run the sandbox node agent (started by the supervisor).
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        options: std::path::PathBuf,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        // The supervisor builds its own single-threaded runtime.
+        Cmd::Supervise { name } => local::supervise(&name).map(|()| true),
+        // Must stay single-threaded: it unshares its mount namespace.
+        Cmd::PodExec { spec } => sa_lab::node::pod_exec_main(&spec).map(|never| match never {}),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("building the async runtime")
+            .and_then(|rt| rt.block_on(dispatch(command))),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
+    match command {
+        Cmd::Up { name, api_port } => {
+            let info = local::up(&local::UpOptions { name, api_port }).await?;
+            eprintln!(
+                "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
+                info.name, info.server
+            );
+            print_env(&info);
+            eprintln!("Stop it with: sa-lab down --name {}", info.name);
+            Ok(true)
+        }
+        Cmd::Down { name } => {
+            local::down(&name)?;
+            eprintln!("Cluster {name:?} stopped and removed.");
+            Ok(true)
+        }
+        Cmd::Status { name, output } => status(name, output).await,
+        Cmd::Env { name } => {
+            let info = local::load(&name)?;
+            if local::running_pid(&name).is_none() {
+                anyhow::bail!(
+                    "cluster {name:?} is not running; start it with `sa-lab up --name {name}`"
+                );
+            }
+            print_env(&info);
+            Ok(true)
+        }
+        Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
+        Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn print_env(info: &local::ClusterInfo) {
+    println!("export KUBECONFIG={}", info.kubeconfig.display());
+    println!("export SA_LAB_CLUSTER={}", info.name);
+    println!("export PATH={}:$PATH", info.bin_dir.display());
+}
+
+async fn status(name: Option<String>, output: Output) -> anyhow::Result<bool> {
+    let names = match name {
+        Some(n) => {
+            local::load(&n)?;
+            vec![n]
+        }
+        None => local::list(),
+    };
+    let mut reports = Vec::new();
+    for n in &names {
+        reports.push(local::health(n).await?);
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Output::Table => {
+            if reports.is_empty() {
+                eprintln!("No local clusters. Start one with `sa-lab up`.");
+            }
+            for r in &reports {
+                println!("{}", r.render());
+            }
+        }
+    }
+    Ok(reports.iter().all(|r| r.healthy))
+}

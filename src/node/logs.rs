@@ -1,0 +1,243 @@
+//! The node's HTTPS endpoint for `kubectl logs`: the API server dials
+//! `https://<InternalIP>:<kubeletEndpoint.port>/containerLogs/{ns}/{pod}/{container}`.
+//!
+//! Like a kubelet started with `--anonymous-auth=true --authorization-mode=AlwaysAllow`
+//! it does not check who asks; it listens on 127.0.0.1 only.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+
+use super::Ctx;
+use super::exec::EXIT_FILE;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))?
+    .context("no private key in the serving key file")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves until the node stops.
+pub async fn serve(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let cfg = tls_config(&ctx.opts.serving_cert, &ctx.opts.serving_key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind(("127.0.0.1", ctx.opts.kubelet_port)).await?;
+    tracing::info!(port = ctx.opts.kubelet_port, "serving container logs");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r
+}
+
+#[derive(Default, Debug, PartialEq)]
+pub struct LogQuery {
+    pub follow: bool,
+    pub tail_lines: Option<usize>,
+    pub limit_bytes: Option<usize>,
+}
+
+pub fn parse_query(q: Option<&str>) -> LogQuery {
+    let mut out = LogQuery::default();
+    for kv in q.unwrap_or("").split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "follow" => out.follow = v == "true" || v == "1",
+            "tailLines" => out.tail_lines = v.parse().ok(),
+            "limitBytes" => out.limit_bytes = v.parse().ok(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The last `n` lines of `data`.
+pub fn tail(data: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &data[data.len()..];
+    }
+    let mut count = 0;
+    let end = if data.ends_with(b"\n") {
+        data.len() - 1
+    } else {
+        data.len()
+    };
+    for i in (0..end).rev() {
+        if data[i] == b'\n' {
+            count += 1;
+            if count == n {
+                return &data[i + 1..];
+            }
+        }
+    }
+    data
+}
+
+async fn handle(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    if req.method() != http::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+    }
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok");
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["containerLogs", ns, pod, container] = parts.as_slice() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the sa-lab sandbox node serves only /containerLogs\n",
+        );
+    };
+    let pod_dir = ctx
+        .logs
+        .read()
+        .expect("log index")
+        .get(&(ns.to_string(), pod.to_string()))
+        .cloned();
+    let Some(pod_dir) = pod_dir else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not on this node\n"),
+        );
+    };
+    let cdir = pod_dir.join("containers").join(container);
+    let log = cdir.join("log");
+    let q = parse_query(req.uri().query());
+    let data = match tokio::fs::read(&log).await {
+        Ok(d) => d,
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod:?} is waiting to start\n"),
+            );
+        }
+    };
+    let mut first = match q.tail_lines {
+        Some(n) => tail(&data, n).to_vec(),
+        None => data.clone(),
+    };
+    if let Some(l) = q.limit_bytes {
+        first.truncate(l);
+    }
+    if !q.follow {
+        return Response::new(
+            Full::new(Bytes::from(first))
+                .map_err(|e| match e {})
+                .boxed(),
+        );
+    }
+    let offset = data.len() as u64;
+    let state = Some((Some(first), offset, log, cdir));
+    let stream = futures::stream::unfold(state, |st| async move {
+        let (first, offset, log, cdir) = st?;
+        if let Some(f) = first {
+            return Some((
+                Ok(Frame::data(Bytes::from(f))),
+                Some((None, offset, log, cdir)),
+            ));
+        }
+        follow_next(offset, log, cdir).await
+    });
+    Response::new(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+type FollowState = Option<(Option<Vec<u8>>, u64, PathBuf, PathBuf)>;
+
+async fn follow_next(
+    mut offset: u64,
+    log: PathBuf,
+    cdir: PathBuf,
+) -> Option<(Result<Frame<Bytes>, std::io::Error>, FollowState)> {
+    loop {
+        let finished = cdir.join(EXIT_FILE).exists() || !cdir.exists();
+        let mut f = tokio::fs::File::open(&log).await.ok()?;
+        f.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).await.ok()?;
+        if !buf.is_empty() {
+            offset += buf.len() as u64;
+            return Some((
+                Ok(Frame::data(Bytes::from(buf))),
+                Some((None, offset, log, cdir)),
+            ));
+        }
+        if finished {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(
+            parse_query(Some(
+                "follow=true&tailLines=3&limitBytes=10&timestamps=false"
+            )),
+            LogQuery {
+                follow: true,
+                tail_lines: Some(3),
+                limit_bytes: Some(10)
+            }
+        );
+        assert_eq!(parse_query(None), LogQuery::default());
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail(b"a\nb\nc", 1), b"c");
+        assert_eq!(tail(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail(b"a\nb\n", 0), b"");
+    }
+}

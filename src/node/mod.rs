@@ -1,0 +1,451 @@
+//! The sandbox node: a small kubelet stand-in that runs lab Pods as local
+//! processes (local provider only).
+//!
+//! It authenticates as `system:node:<name>` (group `system:nodes`), so the Node
+//! authorizer and the NodeRestriction admission plugin treat it as they treat
+//! a kubelet. It registers its Node, renews its Lease, watches the Pods bound
+//! to it, sets up their volumes (projected ServiceAccount tokens through a
+//! TokenRequest bound to the Pod, configMap, secret, downwardAPI, emptyDir),
+//! runs each container through `sa-lab pod-exec` in its own mount namespace,
+//! reports status through `pods/status` and finalises deletions.
+//!
+//! On disk (`work_dir`, mode 0700):
+//! ```text
+//! agent.lock                          one agent per work dir (flock)
+//! pods/<uid>/volumes/<volume>/        atomic-writer volume dirs (removed once the pod ends)
+//! pods/<uid>/containers/<c>/spec.json what pod-exec runs
+//!                          /started.json, exit.json, log, termination-log, pod-exec.log
+//! ```
+
+mod atomic;
+mod exec;
+mod heartbeat;
+mod logs;
+mod pods;
+mod volumes;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+pub use exec::{ExecSpec, ExitRecord, MountSpec, StartedRecord, pod_exec_main};
+
+/// How the supervisor starts the node agent (`sa-lab node --options FILE`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct NodeOptions {
+    /// Node name, e.g. "sandbox-node".
+    pub name: String,
+    /// Node identity kubeconfig (embedded certs, CN=system:node:<name>, O=system:nodes).
+    pub kubeconfig: PathBuf,
+    /// `<cluster dir>/node`: pod dirs, logs, state; 0700.
+    pub work_dir: PathBuf,
+    /// Directory holding the lab binaries (lab-01-identity, lab-toolbox, ...).
+    pub labs_dir: PathBuf,
+    /// KUBERNETES_SERVICE_HOST for pods ("127.0.0.1").
+    pub api_host: String,
+    /// KUBERNETES_SERVICE_PORT for pods.
+    pub api_port: u16,
+    /// HTTPS port for /containerLogs (kubectl logs), published as daemonEndpoints.kubeletEndpoint.
+    pub kubelet_port: u16,
+    /// PEM cert and key for that port.
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    /// The lab image (sa_lab::LAB_IMAGE).
+    pub lab_image: String,
+}
+
+/// Errors of the node agent's set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the node work dir {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the node kubeconfig {path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("another node agent holds {0}")]
+    Locked(PathBuf),
+}
+
+/// State shared by the node agent's tasks.
+pub(crate) struct Ctx {
+    pub opts: NodeOptions,
+    pub client: Client,
+    pub self_bin: PathBuf,
+    pub node_res: volumes::NodeResources,
+    pub events: mpsc::UnboundedSender<(ObjectReference, Event)>,
+    /// (namespace, pod name) -> pod dir, for the log server.
+    pub logs: RwLock<HashMap<(String, String), PathBuf>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+async fn client_from(kubeconfig: &Path) -> Result<Client, Error> {
+    let err = |message: String| Error::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        message,
+    };
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| err(e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Client::try_from(cfg).map_err(|e| err(e.to_string()))
+}
+
+fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
+    let path = work_dir.join("agent.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::WorkDir {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Locked(path))
+}
+
+/// Reads [`NodeOptions`] (JSON) from `path` and [`run`]s the node agent.
+pub async fn run_from_file(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let opts: NodeOptions = serde_json::from_slice(
+        &fs::read(path).with_context(|| format!("reading node options {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing node options {}", path.display()))?;
+    run(opts).await
+}
+
+/// Runs the node agent until SIGTERM/SIGINT. Then it stops every pod process
+/// it started (SIGTERM, a grace of up to [`pods::SHUTDOWN_GRACE`], SIGKILL),
+/// records their final status where it can, and returns.
+pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
+    let wd = opts.work_dir.clone();
+    fs::create_dir_all(wd.join("pods")).map_err(|source| Error::WorkDir {
+        path: wd.clone(),
+        source,
+    })?;
+    fs::set_permissions(&wd, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        Error::WorkDir {
+            path: wd.clone(),
+            source,
+        }
+    })?;
+    // A restarted agent may briefly overlap the old one's exit.
+    let _lock = {
+        let mut tries = 0;
+        loop {
+            match lock_work_dir(&wd) {
+                Ok(l) => break l,
+                Err(Error::Locked(p)) if tries < 50 => {
+                    tries += 1;
+                    if tries == 1 {
+                        tracing::warn!("waiting for {} (another node agent?)", p.display());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if nix::unistd::geteuid().is_root() {
+        let _ = fs::create_dir_all(exec::host_run_dir().join("secrets"));
+    }
+    if opts.lab_image != crate::LAB_IMAGE {
+        tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
+    }
+    let client = client_from(&opts.kubeconfig).await?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping the node agent"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping the node agent"),
+        }
+        let _ = shutdown_tx.send(true);
+    });
+
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(ObjectReference, Event)>();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kubelet".into(),
+            instance: Some(opts.name.clone()),
+        },
+    );
+    tokio::spawn(async move {
+        while let Some((r, ev)) = ev_rx.recv().await {
+            if let Err(e) = recorder.publish(&ev, &r).await {
+                tracing::debug!(error = %e, "publishing an event failed");
+            }
+        }
+    });
+
+    let self_bin = crate::paths::self_binary();
+    let ctx = Arc::new(Ctx {
+        opts: opts.clone(),
+        client: client.clone(),
+        self_bin,
+        node_res: heartbeat::node_resources(),
+        events: ev_tx,
+        logs: RwLock::new(HashMap::new()),
+        shutdown: shutdown_rx.clone(),
+    });
+
+    // Register before any Pod can be bound here.
+    let ready_since = Time(jiff::Timestamp::now());
+    let mut stop = shutdown_rx.clone();
+    let node_uid = loop {
+        match heartbeat::register(&ctx, ready_since.clone()).await {
+            Ok(uid) => break uid,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "registering the Node failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|v| *v) => return Ok(()),
+                }
+            }
+        }
+    };
+    if let Err(e) = heartbeat::renew_lease(&ctx, &node_uid).await {
+        tracing::warn!(error = %e, "creating the node Lease failed");
+    }
+    let hb = tokio::spawn(heartbeat::heartbeat_loop(
+        ctx.clone(),
+        node_uid,
+        ready_since,
+    ));
+    let log_server = (opts.kubelet_port != 0).then(|| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = logs::serve(ctx).await {
+                tracing::error!(error = %format!("{e:#}"), "the container log server stopped");
+            }
+        })
+    });
+
+    watch_pods(&ctx, shutdown_rx.clone()).await;
+
+    hb.abort();
+    if let Some(h) = log_server {
+        h.abort();
+    }
+    tracing::info!("node agent stopped");
+    Ok(())
+}
+
+struct WorkerHandle {
+    tx: pods::PodTx,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Watches the Pods bound to this node and feeds one worker per Pod UID.
+async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.opts.name));
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut reap = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = shutdown.wait_for(|v| *v) => break,
+            _ = reap.tick() => {
+                workers.retain(|_, w| !w.task.is_finished());
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
+        match ev {
+            Ok(watcher::Event::Init) => seen.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(uid) = pod.metadata.uid.clone() {
+                    seen.insert(uid);
+                }
+                dispatch(ctx, &mut workers, pod);
+            }
+            Ok(watcher::Event::Apply(pod)) => dispatch(ctx, &mut workers, pod),
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                match workers.get(&uid) {
+                    Some(w) => {
+                        let _ = w.tx.send(None);
+                    }
+                    None => remove_pod_dir(&ctx.opts.work_dir, &uid),
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                for (uid, w) in &workers {
+                    if !seen.contains(uid) {
+                        let _ = w.tx.send(None);
+                    }
+                }
+                // Pod dirs of pods deleted while the agent was down.
+                if let Ok(rd) = fs::read_dir(ctx.opts.work_dir.join("pods")) {
+                    for e in rd.flatten() {
+                        let uid = e.file_name().to_string_lossy().into_owned();
+                        if !seen.contains(&uid) && !workers.contains_key(&uid) {
+                            tracing::info!(uid = %uid, "removing the dir of a pod that no longer exists");
+                            remove_pod_dir(&ctx.opts.work_dir, &uid);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching pods failed; retrying"),
+        }
+    }
+    // Shutdown: every worker stops its containers.
+    let tasks: Vec<_> = workers.into_values().map(|w| w.task).collect();
+    let _ = tokio::time::timeout(
+        pods::SHUTDOWN_GRACE + Duration::from_secs(6),
+        futures::future::join_all(tasks),
+    )
+    .await;
+}
+
+fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, WorkerHandle>, pod: Pod) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    if let Some(w) = workers.get(&uid).filter(|w| !w.task.is_finished()) {
+        let _ = w.tx.send(Some(Arc::new(pod)));
+        return;
+    }
+    let (tx, rx) = watch::channel(Some(Arc::new(pod)));
+    let task = tokio::spawn(pods::run_pod(ctx.clone(), rx));
+    workers.insert(uid, WorkerHandle { tx, task });
+}
+
+fn remove_pod_dir(work_dir: &Path, uid: &str) {
+    let dir = pods::pod_dir(work_dir, uid);
+    if dir.exists() {
+        kill_pod_dir(&dir);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Kills every still-running container process recorded under a pod dir.
+pub(crate) fn kill_pod_dir(pod_dir: &Path) {
+    let Ok(rd) = fs::read_dir(pod_dir.join("containers")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let cdir = e.path();
+        let Some(s) = exec::read_json::<StartedRecord>(&cdir.join(exec::STARTED_FILE)) else {
+            continue;
+        };
+        if cdir.join(exec::EXIT_FILE).exists() {
+            continue;
+        }
+        if s.pid <= 1 || s.wrapper_pid <= 1 {
+            continue;
+        }
+        let program = exec::read_json::<ExecSpec>(&cdir.join("spec.json")).map(|spec| spec.program);
+        let ours = |pid: i32| {
+            process_group_of(pid) == Some(s.wrapper_pid)
+                && program.is_some()
+                && fs::read_link(format!("/proc/{pid}/exe")).ok() == program
+        };
+        if ours(s.pid) {
+            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+        }
+        if pods::wrapper_alive(s.wrapper_pid, &cdir) || ours(s.pid) {
+            let _ = killpg(Pid::from_raw(s.wrapper_pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp ...; comm may contain spaces: split after ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Best effort: kills any pod process recorded under `work_dir` (the supervisor
+/// calls it after the node agent has exited).
+pub fn kill_leftovers(work_dir: &Path) {
+    let Ok(rd) = fs::read_dir(work_dir.join("pods")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        kill_pod_dir(&e.path());
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "sa-lab-node-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("test dir");
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_json_shape() {
+        let o: NodeOptions = serde_json::from_value(serde_json::json!({
+            "name": "sandbox-node", "kubeconfig": "/k", "work_dir": "/w", "labs_dir": "/l",
+            "api_host": "127.0.0.1", "api_port": 6443, "kubelet_port": 10250,
+            "serving_cert": "/c", "serving_key": "/k2", "lab_image": "sa-lab-labs:0.1.0"
+        }))
+        .unwrap();
+        assert_eq!(o.name, "sandbox-node");
+        assert_eq!(o.kubelet_port, 10250);
+    }
+
+    #[test]
+    fn process_group_parsing() {
+        let me = std::process::id() as i32;
+        assert!(process_group_of(me).is_some());
+        assert_eq!(process_group_of(-5), None);
+    }
+
+    #[test]
+    fn kill_leftovers_tolerates_missing_dirs() {
+        kill_leftovers(Path::new("/nonexistent/sa-lab"));
+        let d = test_dir("leftovers");
+        let c = d.join("pods/u1/containers/c");
+        fs::create_dir_all(&c).unwrap();
+        // A record whose wrapper is long gone (pid 1 is not a pod-exec).
+        exec::write_json_atomic(
+            &c.join(exec::STARTED_FILE),
+            &StartedRecord {
+                wrapper_pid: 1,
+                pid: 1,
+                started_at: exec::now_rfc3339(),
+            },
+        )
+        .unwrap();
+        kill_leftovers(&d);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,66 @@
+//! Chapter 2 on a fresh local cluster: runs the token-mount lab Pod,
+//! requests a token bound to it, deletes the Pod and watches the token die.
+
+mod chapter_kit;
+mod common;
+
+use chapter_kit::{all_rows_checked, expect, expect_status};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chapter_02_token_mount() {
+    if !common::binaries_present() {
+        return;
+    }
+    let c = common::TestCluster::start("ch02").await;
+    let r = chapter_kit::run(&c, "02").await;
+
+    expect(&r, "mount.files", "ca.crt, namespace, token");
+    expect(&r, "mount.volume", "kube-api-access-<5 chars>, read-only");
+    expect(&r, "mount.namespace", "production");
+    expect(
+        &r,
+        "claims.sub",
+        "system:serviceaccount:production:pod-manager",
+    );
+    expect(&r, "claims.pod", "token-mount");
+    expect(&r, "claims.aud", "contains the API server audience");
+    expect(&r, "claims.warnafter", "3607");
+    expect(&r, "claims.exp", "1 year");
+    // Authenticated, not authorised: 403, never 401...
+    expect_status(&r, "raw-get-pods", "forbidden", 403);
+    let msg = &r.row("raw-get-pods").unwrap().message;
+    assert!(
+        msg.contains("system:serviceaccount:production:pod-manager"),
+        "{msg}"
+    );
+    // ...while a broken token is 401.
+    expect_status(&r, "raw-get-pods-corrupted", "unauthorized", 401);
+    expect(&r, "kube-whoami", "allowed");
+    expect(
+        &r,
+        "kube-whoami.username",
+        "system:serviceaccount:production:pod-manager",
+    );
+    expect(&r, "bound-token.live", "allowed");
+    expect_status(&r, "bound-token.deleted", "unauthorized", 401);
+
+    all_rows_checked(
+        &r,
+        &[
+            "mount.files",
+            "mount.volume",
+            "mount.namespace",
+            "claims.sub",
+            "claims.pod",
+            "claims.aud",
+            "claims.warnafter",
+            "claims.exp",
+            "raw-get-pods",
+            "raw-get-pods-corrupted",
+            "kube-whoami",
+            "kube-whoami.username",
+            "bound-token.live",
+            "bound-token.deleted",
+        ],
+    );
+}

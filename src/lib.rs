@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod chapters;
+pub mod course;
 pub mod kubeconfig;
 pub mod local;
 pub mod node;

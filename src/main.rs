@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sa_lab::local;
+use sa_lab::provider::Provider;
+use sa_lab::{chapters, course, local};
 
 #[derive(Parser)]
 #[command(
@@ -40,11 +41,57 @@ enum Cmd {
         /// API server port on 127.0.0.1 (default: a free port).
         #[arg(long)]
         api_port: Option<u16>,
+        /// local (default) or kind (runs scripts/kind-up.sh; needs Docker).
+        #[arg(long)]
+        provider: Option<Provider>,
     },
     /// Stop every process of a local cluster and remove its state.
     Down {
         #[arg(long, default_value = local::DEFAULT_NAME)]
         name: String,
+        /// local (default) or kind (runs scripts/kind-down.sh).
+        #[arg(long)]
+        provider: Option<Provider>,
+    },
+    /// List the chapters.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run one chapter: apply its manifests, run its lab Pods, and compare
+    /// what the API server allowed and refused with the expected table.
+    /// Exits 0 only if every row matches.
+    Run {
+        /// Chapter number or slug: 3, 03, 03-rolebinding, rolebinding.
+        chapter: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// local (default), kind, or current (the current kubeconfig context).
+        /// Also $SA_LAB_PROVIDER.
+        #[arg(long)]
+        provider: Option<Provider>,
+        /// Local: cluster name (default $SA_LAB_CLUSTER, else sa-lab; started
+        /// if not running). Kind: the kind cluster name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Current: use this kubeconfig context.
+        #[arg(long)]
+        context: Option<String>,
+        /// Lab image for kind/current (e.g. in your registry); also $SA_LAB_IMAGE.
+        #[arg(long)]
+        image: Option<String>,
+        /// Seconds to wait for each batch of lab Pods.
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
+    /// Every chapter in order on a fresh local cluster, a summary, then
+    /// tear-down (also on Ctrl-C).
+    Tour {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// Seconds to wait for each batch of lab Pods.
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
     },
     /// Show each component of local clusters and its health.
     Status {
@@ -117,7 +164,12 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
     match command {
-        Cmd::Up { name, api_port } => {
+        Cmd::Up { provider: Some(Provider::Kind), name, .. } => kind_script("kind-up.sh", &name),
+        Cmd::Down { provider: Some(Provider::Kind), name } => kind_script("kind-down.sh", &name),
+        Cmd::Up { provider: Some(Provider::Current), .. } | Cmd::Down { provider: Some(Provider::Current), .. } => {
+            anyhow::bail!("the current provider is your kubeconfig's cluster: sa-lab does not start or stop it")
+        }
+        Cmd::Up { name, api_port, .. } => {
             let info = local::up(&local::UpOptions { name, api_port }).await?;
             eprintln!(
                 "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
@@ -127,7 +179,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             eprintln!("Stop it with: sa-lab down --name {}", info.name);
             Ok(true)
         }
-        Cmd::Down { name } => {
+        Cmd::Down { name, .. } => {
             local::down(&name)?;
             eprintln!("Cluster {name:?} stopped and removed.");
             Ok(true)
@@ -143,9 +195,63 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             print_env(&info);
             Ok(true)
         }
+        Cmd::List { output } => {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(chapters::catalog())?),
+                Output::Table => {
+                    for c in chapters::catalog() {
+                        println!("{:<16} {}", c.slug, c.title);
+                    }
+                }
+            }
+            Ok(true)
+        }
+        Cmd::Run { chapter, output, provider, name, context, image, timeout } => {
+            let chapter = chapters::find(&chapter)?;
+            let target = course::connect(&course::ConnectOptions { provider, name, context, image }).await?;
+            eprintln!("Running chapter {:02} ({}) on {}", chapter.number, chapter.slug, target.describe);
+            let result = course::run(&target, chapter, std::time::Duration::from_secs(timeout)).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+                Output::Table => println!("{}", chapters::render_table(&result)),
+            }
+            if !result.passed() {
+                eprintln!("Some rows differ from the expected table (marked ✗ above).");
+            }
+            Ok(result.passed())
+        }
+        Cmd::Tour { output, timeout } => {
+            let report = course::tour(std::time::Duration::from_secs(timeout), |entry| {
+                if let Output::Table = output {
+                    match (&entry.result, &entry.error) {
+                        (Some(r), _) => println!("{}\n", chapters::render_table(r)),
+                        (None, Some(e)) => println!("{}: could not run: {e}\n", entry.chapter),
+                        _ => {}
+                    }
+                }
+            })
+            .await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => println!("{}", report.summary()),
+            }
+            Ok(report.passed)
+        }
         Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
         Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
     }
+}
+
+/// The kind provider's bring-up and tear-down are scripts (they need Docker).
+fn kind_script(script: &str, name: &str) -> anyhow::Result<bool> {
+    let path = sa_lab::paths::repo_root().join("scripts").join(script);
+    let kind_name = if name == local::DEFAULT_NAME { "sa-lab-kind" } else { name };
+    let status = std::process::Command::new("bash")
+        .arg(&path)
+        .args(["--name", kind_name])
+        .status()
+        .with_context(|| format!("running {}", path.display()))?;
+    Ok(status.success())
 }
 
 fn print_env(info: &local::ClusterInfo) {

@@ -88,7 +88,7 @@ async fn request_token(client: &kube::Client, ns: &str, sa: &str) -> String {
         .create_token_request(sa, &PostParams::default(), &tr)
         .await
         .expect("TokenRequest");
-    out.status.expect("token status").token
+    out.status.and_then(|s| s.token).expect("token in status")
 }
 
 #[tokio::test]

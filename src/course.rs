@@ -55,7 +55,7 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Target> {
                     "No local cluster {name:?} is running; starting one \
                      (stop it later with `sa-lab down --name {name}`)."
                 );
-                local::up(&local::UpOptions { name: name.clone(), api_port: None }).await?
+                local::up_interruptible(&local::UpOptions { name: name.clone(), api_port: None }).await?
             };
             let config = local_config(&info).await?;
             let client = kube::Client::try_from(config.clone())?;
@@ -136,7 +136,9 @@ pub struct TourReport {
 pub async fn tour(timeout: Duration, mut each: impl FnMut(&TourEntry)) -> anyhow::Result<TourReport> {
     let start = Instant::now();
     let name = format!("tour-{}", std::process::id());
-    let info = local::up(&local::UpOptions { name: name.clone(), api_port: None }).await?;
+    // Installed before bring-up, so no Ctrl-C is ever lost between the two.
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let info = local::up_interruptible(&local::UpOptions { name: name.clone(), api_port: None }).await?;
     let body = async {
         let config = local_config(&info).await?;
         let target = Target {
@@ -173,7 +175,7 @@ pub async fn tour(timeout: Duration, mut each: impl FnMut(&TourEntry)) -> anyhow
     };
     let outcome = tokio::select! {
         r = body => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+        _ = int.recv() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the tour's cluster is being removed")),
     };
     let step = crate::ui::Step::start(format!("Stopping and removing cluster {name:?}"));
     let down = tokio::task::spawn_blocking(move || local::down(&name)).await?;

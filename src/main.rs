@@ -170,7 +170,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             anyhow::bail!("the current provider is your kubeconfig's cluster: sa-lab does not start or stop it")
         }
         Cmd::Up { name, api_port, .. } => {
-            let info = local::up(&local::UpOptions { name, api_port }).await?;
+            let info = local::up_interruptible(&local::UpOptions { name, api_port }).await?;
             eprintln!(
                 "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
                 info.name, info.server

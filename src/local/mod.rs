@@ -81,6 +81,9 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
+    /// Ctrl-C (or SIGTERM) arrived while the cluster was starting.
+    #[error("interrupted while starting cluster {0:?}; everything it had started was stopped and removed")]
+    Interrupted(String),
     /// State on disk could not be parsed.
     #[error("cluster state {0} is unreadable; remove it with `sa-lab down --name NAME`")]
     BadState(PathBuf, #[source] serde_json::Error),
@@ -314,6 +317,23 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         let _ = fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// Like [`up`], but a Ctrl-C (SIGINT) or SIGTERM while starting stops and
+/// removes the half-made cluster instead of leaving it running.
+pub async fn up_interruptible(opts: &UpOptions) -> Result<ClusterInfo, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing a Ctrl-C handler"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("installing a SIGTERM handler"))?;
+    let name = if opts.name.is_empty() { DEFAULT_NAME.to_string() } else { opts.name.clone() };
+    tokio::select! {
+        r = up(opts) => return r,
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    let n = name.clone();
+    let _ = tokio::task::spawn_blocking(move || down(&n)).await;
+    Err(Error::Interrupted(name))
 }
 
 async fn prepare_and_start(

@@ -1,0 +1,182 @@
+//! The sa-lab CLI as a learner uses it: run, tour, and the errors they meet.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+
+fn sa_lab() -> Command {
+    Command::new(sa_lab::paths::self_binary())
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = sa_lab();
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running sa-lab")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            text.contains(needle).then_some(text)
+        })
+        .collect()
+}
+
+#[test]
+fn unknown_chapter_lists_the_real_ones() {
+    let out = run(&["run", "42"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown chapter \"42\""), "{err}");
+    for slug in ["01-identity", "02-token-mount", "03-rolebinding", "04-default-sa", "05-automount"] {
+        assert!(err.contains(slug), "the error must list {slug}: {err}");
+    }
+    // Twin: a real chapter name is accepted by `list`.
+    let out = run(&["list"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("03-rolebinding"));
+}
+
+#[test]
+fn an_unreachable_cluster_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A kubeconfig pointing at a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kc = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: abc\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: u\ncurrent-context: gone\n"
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &["run", "01", "--provider", "current", "--image", "example.invalid/sa-lab-labs:0.1.0"],
+        &[("KUBECONFIG", kc.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("no cluster reachable"), "{err}");
+    assert!(err.contains("context gone"), "the error must name the cluster: {err}");
+}
+
+#[tokio::test]
+async fn run_prints_json_rows_and_reruns_safely() {
+    let c = TestCluster::start("cli-run").await;
+    let name = c.info.name.clone();
+    for attempt in 0..2 {
+        let out = run(&["run", "04", "-o", "json", "--name", &name], &[]);
+        assert!(out.status.success(), "attempt {attempt}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        let rows = v["rows"].as_array().expect("rows");
+        assert!(!rows.is_empty());
+        for row in rows {
+            for field in ["verb", "group", "resource", "subresource", "namespace", "name", "expected", "actual", "status", "message"] {
+                assert!(row.get(field).is_some(), "row lacks {field}: {row}");
+            }
+        }
+        // Both outcomes appear: the table is not all-allowed or all-forbidden.
+        let actual: Vec<&str> = rows.iter().filter_map(|r| r["actual"].as_str()).collect();
+        assert!(actual.contains(&"allowed") && actual.contains(&"forbidden"), "{actual:?}");
+    }
+    // The table form shows expected and actual columns.
+    let out = run(&["run", "default-sa", "--name", &name], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("expected") && table.contains("actual"), "{table}");
+}
+
+#[test]
+fn tour_runs_every_chapter_and_tears_down() {
+    if !common::binaries_present() {
+        return;
+    }
+    let out = run(&["tour", "-o", "json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["passed"], true);
+    let chapters = v["chapters"].as_array().unwrap();
+    assert_eq!(chapters.len(), 5);
+    for ch in chapters {
+        assert_eq!(ch["passed"], true, "{}", ch["chapter"]);
+        assert_eq!(ch["mismatches"], 0);
+    }
+    let cluster = v["cluster"].as_str().unwrap();
+    assert!(!sa_lab::paths::cluster_dir(cluster).exists(), "tour must remove its cluster");
+    assert!(processes_mentioning(&format!("clusters/{cluster}/")).is_empty());
+}
+
+#[test]
+fn ctrl_c_during_the_tour_tears_the_cluster_down() {
+    if !common::binaries_present() {
+        return;
+    }
+    let mut child = sa_lab()
+        .args(["tour"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster = format!("tour-{}", child.id());
+    // Wait until the tour's cluster is up (its status file says ready).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = sa_lab::local::read_status(&sa_lab::paths::cluster_dir(&cluster)).is_some_and(|s| s.ready);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tour cluster never became ready");
+        assert!(child.try_wait().unwrap().is_none(), "tour exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Twin: while the tour runs, its processes exist.
+    assert!(!processes_mentioning(&format!("clusters/{cluster}/")).is_empty());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted tour must not report success");
+    assert!(!sa_lab::paths::cluster_dir(&cluster).exists(), "state removed");
+    let left = processes_mentioning(&format!("clusters/{cluster}/"));
+    assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
+}
+
+#[test]
+fn ctrl_c_during_up_leaves_nothing_half_made() {
+    if !common::binaries_present() {
+        return;
+    }
+    let name = common::unique("intr");
+    let mut child = sa_lab()
+        .args(["up", "--name", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = sa_lab::paths::cluster_dir(&name);
+    // Wait until the supervisor has started components (past PKI generation).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sa_lab::local::read_status(&dir).is_some_and(|s| !s.components.is_empty()) {
+        assert!(Instant::now() < deadline, "up never started its components");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("interrupted while starting"), "{}", stderr(&out));
+    assert!(!dir.exists(), "half-made state removed");
+    let left = processes_mentioning(&format!("clusters/{name}/"));
+    assert!(left.is_empty(), "processes left: {left:?}");
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Benchmarks: medians over several runs, printed on stdout.
+#
+#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3]
+#
+# 1. `sa-lab up` to ready, and each component's resident memory;
+# 2. Pod create to Succeeded for a trivial lab Pod (median and p95);
+# 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down).
+# Everything runs the same debug build the README's commands use.
+set -o errexit -o nounset -o pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+median() {
+  sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+main() {
+  local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
+  cd "${REPO_ROOT}"
+  SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
+  export SA_LAB_K8S_BIN SA_LAB_QUIET=1
+  SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
+  export SA_LAB_HOME
+  trap 'rm -rf "${SA_LAB_HOME}"' EXIT
+  cargo build --workspace --bins --locked --quiet
+
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+  cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- "${up_runs}" "${pod_runs}"
+
+  local times=() i start end
+  for ((i = 0; i < tour_runs; i++)); do
+    start="$(date +%s.%N)"
+    target/debug/sa-lab tour >/dev/null 2>&1
+    end="$(date +%s.%N)"
+    times+=("$(awk -v a="${start}" -v b="${end}" 'BEGIN { printf "%.2f", b - a }')")
+  done
+  printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
+    "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+}
+
+main "$@"

@@ -180,6 +180,12 @@ impl Supervisor {
             .stdout(log.try_clone()?)
             .stderr(log)
             .env("SA_LAB_HOME", crate::paths::home());
+        if component == Component::Node {
+            // The node's own log (logs/sandbox-node.log) at info level,
+            // unless the user asked for more.
+            let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+            cmd.env("RUST_LOG", level);
+        }
         crate::sys::die_with_parent(&mut cmd);
         cmd.spawn()
             .with_context(|| format!("starting {}", program.display()))

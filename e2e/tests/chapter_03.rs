@@ -56,9 +56,15 @@ async fn chapter_03_rolebinding() {
             && msg.contains("staging"),
         "{msg}"
     );
-    // dry runs left nothing behind: only the lab Pod is in production.
+    // Dry runs left nothing behind: no `dry-run-*` Pod was stored, the lab
+    // Pod the delete probe targeted still exists, and no RoleBinding named
+    // `dry-run` was created. (Other chapters' Pods may share `production`
+    // when the tests run on one kind cluster.)
     let pods = c.kubectl_ok(&["get", "pods", "-n", "production", "-o", "name"]);
-    assert_eq!(pods.trim(), "pod/rbac-probe", "{pods}");
+    assert!(!pods.contains("pod/dry-run-"), "{pods}");
+    assert!(pods.lines().any(|l| l == "pod/rbac-probe"), "{pods}");
+    let rbs = c.kubectl_ok(&["get", "rolebindings", "-n", "production", "-o", "name"]);
+    assert!(!rbs.contains("/dry-run"), "{rbs}");
 
     let ids: Vec<String> = r.rows.iter().map(|x| x.id.clone()).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -159,7 +159,7 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
         return;
     }
     let name = common::unique("intr");
-    let mut child = sa_lab()
+    let child = sa_lab()
         .args(["up", "--name", &name])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -9,9 +9,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sa_lab::local::{self, ClusterInfo, UpOptions};
 
-/// A local cluster owned by one test.
+/// A cluster for one test: a fresh local cluster it owns (the default), or,
+/// with `SA_LAB_PROVIDER=kind`, the kind cluster `scripts/kind-up.sh` made,
+/// shared by the provider-agnostic tests that `scripts/test.sh` runs there.
 pub struct TestCluster {
     pub info: ClusterInfo,
+    /// Stopped on drop (local clusters only).
+    owned: bool,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -30,6 +34,10 @@ pub fn unique_ns(prefix: &str) -> String {
 /// Fails (or, with the explicit opt-out `SA_LAB_SKIP_E2E=1`, returns false)
 /// when the Kubernetes binaries are missing. CI never sets the opt-out.
 pub fn binaries_present() -> bool {
+    if std::env::var("SA_LAB_PROVIDER").is_ok_and(|p| p == "kind") {
+        // kind runs its own Kubernetes; nothing to build here.
+        return true;
+    }
     match sa_lab::binaries::find() {
         Ok(_) => true,
         Err(e) => {
@@ -54,6 +62,12 @@ impl TestCluster {
     }
 
     pub async fn try_start(name: &str) -> Result<TestCluster, local::Error> {
+        match sa_lab::provider::select_from_env(None) {
+            Ok(sa_lab::provider::Provider::Local) => {}
+            Ok(sa_lab::provider::Provider::Kind) => return Ok(kind_cluster()),
+            Ok(other) => panic!("the e2e tests run on the local or kind provider, not {other}"),
+            Err(e) => panic!("{e}"),
+        }
         if !binaries_present() {
             // Only reachable with the explicit opt-out SA_LAB_SKIP_E2E=1.
             std::process::exit(0);
@@ -64,7 +78,7 @@ impl TestCluster {
             api_port: None,
         })
         .await?;
-        Ok(TestCluster { info })
+        Ok(TestCluster { info, owned: true })
     }
 
     /// An admin client (`system:masters`).
@@ -100,6 +114,9 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = local::down(&self.info.name) {
             // Don't double-panic while unwinding; report loudly instead.
             eprintln!("sa-lab down {} failed: {e}", self.info.name);
@@ -127,4 +144,47 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The kind cluster made by `scripts/kind-up.sh` (`$SA_LAB_KIND_CLUSTER`,
+/// default `sa-lab-kind`), described as a [`ClusterInfo`] so tests use it as
+/// they use a local one. kubectl is the one on PATH, else sa-lab's build.
+fn kind_cluster() -> TestCluster {
+    let name = sa_lab::provider::kind_cluster_name(
+        None,
+        std::env::var("SA_LAB_KIND_CLUSTER").ok().as_deref(),
+    );
+    let kubeconfig = sa_lab::provider::kind_kubeconfig_path(&sa_lab::paths::home(), &name);
+    assert!(
+        kubeconfig.is_file(),
+        "SA_LAB_PROVIDER=kind: no kubeconfig at {}; create the cluster with scripts/kind-up.sh --name {name}",
+        kubeconfig.display()
+    );
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kind kubeconfig");
+    let server = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .expect("kind kubeconfig names a server");
+    let api_port = server.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(0);
+    let bin_dir = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("kubectl").is_file()))
+        .or_else(|| sa_lab::binaries::find().ok())
+        .expect("kubectl on PATH (or sa-lab's build: scripts/install-k8s.sh)");
+    let info = ClusterInfo {
+        name,
+        dir: kubeconfig.parent().map(PathBuf::from).unwrap_or_default(),
+        kubeconfig,
+        server,
+        api_port,
+        etcd_port: 0,
+        etcd_peer_port: 0,
+        kubelet_port: 0,
+        node_name: String::new(),
+        bin_dir,
+        labs_dir: sa_lab::paths::labs_dir(),
+        kubernetes_version: sa_lab::KUBERNETES_VERSION.to_string(),
+    };
+    TestCluster { info, owned: false }
 }

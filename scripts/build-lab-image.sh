@@ -17,22 +17,10 @@ set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 readonly IMAGE_NAME="sa-lab-labs"
 DOCKER="${DOCKER:-docker}"
-
-log() { printf ' • %s\n' "$*" >&2; }
-ok() { printf ' ✓ %s\n' "$*" >&2; }
-die() {
-  printf ' ✗ %s\n' "$1" >&2
-  shift
-  local line
-  for line in "$@"; do printf '   %s\n' "${line}" >&2; done
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^set -o/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
 
 # The version in Cargo.toml's [workspace.package] table.
 workspace_version() {

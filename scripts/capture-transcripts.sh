@@ -18,15 +18,13 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 TRANSCRIPTS="${REPO_ROOT}/book/src/transcripts"
 SA_LAB="${REPO_ROOT}/target/debug/sa-lab"
 CLUSTER="${SA_LAB_TRANSCRIPT_CLUSTER:-sa-lab-transcripts}"
 WORK=""
 CLUSTER_STARTED=0
-
-log() { printf ' • %s\n' "$*" >&2; }
-ok() { printf ' ✓ %s\n' "$*" >&2; }
-fail() { printf ' ✗ %s\n' "$*" >&2; }
 
 cleanup() {
   local rc=$?

@@ -25,6 +25,8 @@ set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 # The kind release the node image in kind/cluster.yaml was built for. A node
 # image is supported only with the kind release that built it.
 readonly KIND_VERSION="v0.33.0"
@@ -38,32 +40,6 @@ CLUSTER_CREATED=0
 KEEP_ON_FAILURE=0
 SUCCEEDED=0
 CLEANED_UP=0
-
-log() { printf ' • %s\n' "$*" >&2; }
-ok() { printf ' ✓ %s\n' "$*" >&2; }
-warn() { printf ' ! %s\n' "$*" >&2; }
-die() {
-  printf ' ✗ %s\n' "$1" >&2
-  shift
-  local line
-  for line in "$@"; do printf '   %s\n' "${line}" >&2; done
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^set -o/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
-
-state_dir() {
-  if [[ -n "${SA_LAB_HOME:-}" ]]; then
-    printf '%s\n' "${SA_LAB_HOME}"
-  else
-    printf '%s/sa-lab\n' "${XDG_STATE_HOME:-${HOME}/.local/state}"
-  fi
-}
-
-cluster_dir() { printf '%s/clusters/%s\n' "$(state_dir)" "$1"; }
-logs_dir() { printf '%s/logs/kind-%s\n' "$(state_dir)" "$1"; }
 
 check_name() {
   # kind's own rule for cluster names (they become container and context names).

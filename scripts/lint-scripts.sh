@@ -10,15 +10,9 @@ set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 SHELLCHECK="${SHELLCHECK:-shellcheck}"
-
-die() {
-  printf ' ✗ %s\n' "$1" >&2
-  shift
-  local line
-  for line in "$@"; do printf '   %s\n' "${line}" >&2; done
-  exit 1
-}
 
 scripts_to_lint() {
   local f

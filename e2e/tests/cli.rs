@@ -168,7 +168,7 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
     let dir = sa_lab::paths::cluster_dir(&name);
     // Wait until the supervisor has started components (past PKI generation).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !sa_lab::local::read_status(&dir).is_some_and(|s| !s.components.is_empty()) {
+    while sa_lab::local::read_status(&dir).is_none_or(|s| s.components.is_empty()) {
         assert!(Instant::now() < deadline, "up never started its components");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -377,20 +377,9 @@ pub(super) fn compare(chapter: &Chapter, observed: Vec<Row>) -> ChapterResult {
                     .cloned()
                     .unwrap_or_else(|| Row {
                         id: x.id.into(),
-                        check: String::new(),
-                        subject: String::new(),
-                        verb: String::new(),
-                        group: String::new(),
-                        resource: String::new(),
-                        subresource: String::new(),
-                        namespace: String::new(),
-                        name: String::new(),
-                        expected: String::new(),
                         actual: "not observed".into(),
-                        status: None,
                         message: "the runner produced no row with this id".into(),
-                        authorizer: None,
-                        pass: false,
+                        ..Row::default()
                     });
                 row.check = check;
                 row.expected = x.value.into();

@@ -49,20 +49,10 @@ fn row(
 ) -> Row {
     Row {
         id: id.into(),
-        check: String::new(),
         subject: subject.into(),
-        verb: String::new(),
-        group: String::new(),
-        resource: String::new(),
-        subresource: String::new(),
-        namespace: String::new(),
-        name: String::new(),
-        expected: String::new(),
         actual: actual.into(),
-        status: None,
         message: message.into(),
-        authorizer: None,
-        pass: false,
+        ..Row::default()
     }
 }
 
@@ -236,8 +226,7 @@ async fn ch01(client: &Client, opts: &RunOptions) -> anyhow::Result<Vec<Row>> {
 
     // serviceAccountName is immutable.
     let patch = serde_json::json!({ "spec": { "serviceAccountName": "default" } });
-    let mut pp = PatchParams::default();
-    pp.dry_run = true;
+    let pp = PatchParams { dry_run: true, ..PatchParams::default() };
     let res = pods.patch("identity", &pp, &Patch::Merge(&patch)).await;
     let (actual, status, message) = api_result(&res);
     rows.push(Row {

@@ -143,7 +143,7 @@ impl std::fmt::Debug for RunOptions {
 }
 
 /// One checked row: what was asked, what was expected, what happened.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Row {
     /// Stable id, as in the expected table (`after.list-pods`).
     pub id: String,

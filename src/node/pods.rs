@@ -616,38 +616,9 @@ impl Worker {
 
     fn term_from_record(&self, i: usize, rec: ExitRecord, pid: Option<i32>) -> Term {
         let c = &self.containers[i];
-        let cdir = self.container_dir(&c.spec.name);
-        if let Some(err) = rec.start_error {
-            return Term {
-                exit_code: 128,
-                signal: None,
-                reason: "StartError".into(),
-                message: Some(err),
-                started_at: None,
-                finished_at: parse_ts(&Some(rec.finished_at)).unwrap_or_else(jiff::Timestamp::now),
-                pid,
-            };
-        }
-        let mut message = read_capped(&cdir.join("termination-log"), MAX_TERMINATION_MESSAGE);
-        if message.is_empty()
-            && rec.exit_code != 0
-            && c.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
-        {
-            message = log_tail(&cdir.join("log"));
-        }
-        Term {
-            exit_code: rec.exit_code,
-            signal: rec.signal,
-            reason: if rec.exit_code == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            },
-            message: (!message.is_empty()).then_some(message),
-            started_at: parse_ts(&rec.started_at),
-            finished_at: parse_ts(&Some(rec.finished_at)).unwrap_or_else(jiff::Timestamp::now),
-            pid,
-        }
+        let fallback =
+            c.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        term_from_exit(rec, &self.container_dir(&c.spec.name), fallback, pid)
     }
 
     /// Waits for an adopted container (not our child) by watching its wrapper.
@@ -1403,36 +1374,38 @@ impl TermInfo {
             t.pid = pid;
             return t;
         };
-        let finished_at =
-            parse_ts(&Some(rec.finished_at.clone())).unwrap_or_else(jiff::Timestamp::now);
-        if let Some(err) = rec.start_error {
-            return Term {
-                exit_code: 128,
-                signal: None,
-                reason: "StartError".into(),
-                message: Some(err),
-                started_at: None,
-                finished_at,
-                pid,
-            };
-        }
-        let mut message = read_capped(&cdir.join("termination-log"), MAX_TERMINATION_MESSAGE);
-        if message.is_empty() && rec.exit_code != 0 && self.fallback_to_logs {
-            message = log_tail(&cdir.join("log"));
-        }
-        Term {
-            exit_code: rec.exit_code,
-            signal: rec.signal,
-            reason: if rec.exit_code == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            },
-            message: (!message.is_empty()).then_some(message),
-            started_at: parse_ts(&rec.started_at),
+        term_from_exit(rec, cdir, self.fallback_to_logs, pid)
+    }
+}
+
+/// The terminated state a kubelet reports for a container's exit record:
+/// reason Completed/Error (StartError if it never ran), the termination
+/// message (or, with FallbackToLogsOnError, the log tail after a failure).
+fn term_from_exit(rec: ExitRecord, cdir: &Path, fallback_to_logs: bool, pid: Option<i32>) -> Term {
+    let finished_at = parse_ts(&Some(rec.finished_at.clone())).unwrap_or_else(jiff::Timestamp::now);
+    if let Some(err) = rec.start_error {
+        return Term {
+            exit_code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message: Some(err),
+            started_at: None,
             finished_at,
             pid,
-        }
+        };
+    }
+    let mut message = read_capped(&cdir.join("termination-log"), MAX_TERMINATION_MESSAGE);
+    if message.is_empty() && rec.exit_code != 0 && fallback_to_logs {
+        message = log_tail(&cdir.join("log"));
+    }
+    Term {
+        exit_code: rec.exit_code,
+        signal: rec.signal,
+        reason: if rec.exit_code == 0 { "Completed".into() } else { "Error".into() },
+        message: (!message.is_empty()).then_some(message),
+        started_at: parse_ts(&rec.started_at),
+        finished_at,
+        pid,
     }
 }
 

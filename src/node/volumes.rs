@@ -340,6 +340,31 @@ fn select(
     Ok(p)
 }
 
+/// Fetches the `kind` object a volume names from the Pod's namespace, as the
+/// kubelet does: `Ok(None)` when it is missing and the volume says optional.
+async fn fetch_source<K>(
+    vctx: &VolumeCtx<'_>,
+    kind: &str,
+    name: &str,
+    optional: bool,
+) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let ns = vctx.pod.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(vctx.client.clone(), &ns);
+    match api.get(name).await {
+        Ok(obj) => Ok(Some(obj)),
+        Err(e) if optional && is_not_found(&e) => Ok(None),
+        Err(e) if is_not_found(&e) => Err(format!("{kind} {name:?} not found")),
+        Err(e) => Err(format!("failed to fetch {kind} {name:?}: {}", api_message(&e))),
+    }
+}
+
 async fn configmap_payload(
     vctx: &VolumeCtx<'_>,
     name: &str,
@@ -347,18 +372,8 @@ async fn configmap_payload(
     optional: bool,
     mode: u32,
 ) -> Result<Payload, String> {
-    let ns = vctx.pod.metadata.namespace.clone().unwrap_or_default();
-    let api: Api<ConfigMap> = Api::namespaced(vctx.client.clone(), &ns);
-    let cm = match api.get(name).await {
-        Ok(cm) => cm,
-        Err(e) if optional && is_not_found(&e) => return Ok(Payload::new()),
-        Err(e) if is_not_found(&e) => return Err(format!("configmap {name:?} not found")),
-        Err(e) => {
-            return Err(format!(
-                "failed to fetch configmap {name:?}: {}",
-                api_message(&e)
-            ));
-        }
+    let Some(cm) = fetch_source::<ConfigMap>(vctx, "configmap", name, optional).await? else {
+        return Ok(Payload::new());
     };
     let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (k, v) in cm.data.unwrap_or_default() {
@@ -377,18 +392,8 @@ async fn secret_payload(
     optional: bool,
     mode: u32,
 ) -> Result<Payload, String> {
-    let ns = vctx.pod.metadata.namespace.clone().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(vctx.client.clone(), &ns);
-    let s = match api.get(name).await {
-        Ok(s) => s,
-        Err(e) if optional && is_not_found(&e) => return Ok(Payload::new()),
-        Err(e) if is_not_found(&e) => return Err(format!("secret {name:?} not found")),
-        Err(e) => {
-            return Err(format!(
-                "failed to fetch secret {name:?}: {}",
-                api_message(&e)
-            ));
-        }
+    let Some(s) = fetch_source::<Secret>(vctx, "secret", name, optional).await? else {
+        return Ok(Payload::new());
     };
     let all = s
         .data

@@ -33,7 +33,7 @@ fn probes(me: &str) -> Vec<Probe> {
         Probe::new("get-pod-log", "get", "pods")
             .ns(prod)
             .name(me)
-            .sub("log"),
+            .subresource("log"),
         Probe::new("list-secrets", "list", "secrets").ns(prod),
         Probe::new("list-deployments", "list", "deployments")
             .group("apps", "v1")

@@ -40,13 +40,13 @@ async fn main() -> anyhow::Result<()> {
     report.rows.push(row);
     // ANCHOR_END: client
 
-    if let Ok(dir) = std::env::var("VAULT_TOKEN_DIR") {
-        if let Err(e) = without_mounted_token(&mut report, &dir).await {
-            let msg = format!("{e:#}");
-            report
-                .rows
-                .push(ProbeRow::simple("vault", Outcome::Error, None, &msg));
-        }
+    if let Ok(dir) = std::env::var("VAULT_TOKEN_DIR")
+        && let Err(e) = without_mounted_token(&mut report, &dir).await
+    {
+        let msg = format!("{e:#}");
+        report
+            .rows
+            .push(ProbeRow::simple("vault", Outcome::Error, None, &msg));
     }
     report.finish();
     Ok(())

@@ -141,9 +141,9 @@ impl Probe {
         self
     }
 
-    /// On subresource `sub` (e.g. `log`).
-    pub fn sub(mut self, sub: &str) -> Probe {
-        self.subresource = sub.into();
+    /// On a subresource (e.g. `log`).
+    pub fn subresource(mut self, subresource: &str) -> Probe {
+        self.subresource = subresource.into();
         self
     }
 
@@ -354,7 +354,7 @@ mod tests {
         let p = Probe::new("b", "get", "pods")
             .ns("production")
             .name("x")
-            .sub("log");
+            .subresource("log");
         assert_eq!(p.path(), "/api/v1/namespaces/production/pods/x/log");
         let p = Probe::new("c", "list", "deployments")
             .group("apps", "v1")

@@ -156,7 +156,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(2)
         }
     }
@@ -240,6 +240,26 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
         Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
         Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
     }
+}
+
+/// An error chain on one line. An API error ends the chain as "the API
+/// server answered CODE MESSAGE": kube's own Display of it repeats the
+/// status in Debug form, and its causes repeat the message.
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        if let Some(kube::Error::Api(s)) = cause.downcast_ref::<kube::Error>() {
+            parts.push(format!("the API server answered {} {}", s.code, s.message));
+            break;
+        }
+        let text = cause.to_string();
+        // thiserror messages often end with their source's text already.
+        if parts.last().is_some_and(|p| p.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 /// The kind provider's bring-up and tear-down are scripts (they need Docker).

@@ -461,13 +461,14 @@ pub enum PreflightError {
     /// A request the preflight needs failed: usually the credentials are not
     /// a cluster admin's (it creates SubjectAccessReviews and lists
     /// ClusterRoles and ClusterRoleBindings), or the API server is down.
-    #[error("preflight could not {action}")]
+    #[error("preflight could not {action}: {said}")]
     Api {
         /// What it tried, e.g. `list clusterrolebindings`.
         action: String,
-        /// What the API server or the client said.
-        #[source]
-        source: kube::Error,
+        /// What the API server said (`403 ... is forbidden: User ...`), or
+        /// the client's error when there was no answer. Kept as text: kube's
+        /// own Display of an API error repeats the status in Debug form.
+        said: String,
     },
     /// The cluster does not enforce RBAC the way the course needs; every
     /// problem names what is wrong.
@@ -649,13 +650,17 @@ pub async fn preflight(client: &Client) -> Result<(), PreflightError> {
 }
 
 fn api_error(action: &str, source: kube::Error) -> PreflightError {
-    let action = match &source {
-        kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
-            format!("{action}: it needs a cluster admin's credentials")
+    let (action, said) = match &source {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => (
+            format!("{action}: it needs a cluster admin's credentials"),
+            format!("the API server answered {} {}", s.code, s.message),
+        ),
+        kube::Error::Api(s) => {
+            (action.to_owned(), format!("the API server answered {} {}", s.code, s.message))
         }
-        _ => action.to_owned(),
+        other => (action.to_owned(), other.to_string()),
     };
-    PreflightError::Api { action, source }
+    PreflightError::Api { action, said }
 }
 
 /// The SubjectAccessReview that asks `check`.

@@ -180,3 +180,57 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
     let left = processes_mentioning(&format!("clusters/{name}/"));
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+#[tokio::test]
+async fn a_lab_pod_that_never_starts_shows_its_events() {
+    let c = TestCluster::start("cli-pending").await;
+    let name = c.info.name.clone();
+    // No node will take the Pod: it stays Pending, unscheduled.
+    c.kubectl_ok(&["cordon", "sandbox-node"]);
+    let out = run(&["run", "01", "--name", &name, "--timeout", "5"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("did not finish within 5s"), "{err}");
+    assert!(err.contains("(not scheduled)"), "{err}");
+    assert!(err.contains("FailedScheduling"), "the events must be shown: {err}");
+    // Twin: once the node takes Pods again, the same chapter passes.
+    c.kubectl_ok(&["uncordon", "sandbox-node"]);
+    let out = run(&["run", "01", "--name", &name], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn credentials_without_permissions_are_refused_clearly() {
+    let c = TestCluster::start("cli-noperm").await;
+    let tmp = tempfile::tempdir().unwrap();
+    // A learner whose kubeconfig holds a ServiceAccount token with no rights:
+    // it cannot create namespaces, nor check the cluster's RBAC.
+    c.kubectl_ok(&["create", "serviceaccount", "learner", "-n", "default"]);
+    let token = c.kubectl_ok(&["create", "token", "learner", "-n", "default"]);
+    let ca = std::fs::read_to_string(c.info.pki_dir().join("ca.crt")).unwrap();
+    let ca_path = tmp.path().join("ca.crt");
+    std::fs::write(&ca_path, ca).unwrap();
+    let kc = tmp.path().join("learner.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: learner\n  user:\n    token: {}\ncontexts:\n- name: learner\n  context:\n    cluster: c\n    user: learner\ncurrent-context: learner\n",
+            c.info.server,
+            ca_path.display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let out = run(&["run", "01", "--provider", "current"], &[("KUBECONFIG", kc.to_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("refusing to teach on this cluster"), "{err}");
+    assert!(err.contains("cluster admin"), "must say whose credentials are needed: {err}");
+    assert!(!err.contains(token.trim()), "the token must never be printed");
+    // Twin: the admin kubeconfig of the same cluster, as `current`, runs it.
+    let out = run(
+        &["run", "01", "--provider", "current"],
+        &[("KUBECONFIG", c.info.kubeconfig.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -310,13 +310,27 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         // Left over from a crash: nothing runs (checked above), so clear it.
         fs::remove_dir_all(&dir).map_err(io_err(format!("removing stale {}", dir.display())))?;
     }
-    let result = prepare_and_start(name, &dir, opts, bin_dir).await;
-    if result.is_err() {
-        // Leave nothing half-made: stop whatever started, remove the state.
-        let _ = stop_dir(name, &dir);
-        let _ = fs::remove_dir_all(&dir);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = prepare_and_start(name, &dir, opts, bin_dir.clone()).await;
+        if result.is_err() {
+            // Leave nothing half-made: stop whatever started, remove the state.
+            let _ = stop_dir(name, &dir);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        // Free ports are found by binding and releasing them, so another
+        // program (or another cluster starting at the same moment) can take
+        // one before our component binds it. Retry with fresh ports, unless
+        // the user chose the port.
+        let lost_port_race = matches!(&result, Err(Error::ComponentFailed { tail, .. })
+            if tail.contains("address already in use"));
+        if lost_port_race && opts.api_port.is_none() && attempt < 3 {
+            ui::note(format!("a port was taken while starting; retrying with new ports (attempt {})", attempt + 1));
+            continue;
+        }
+        return result;
     }
-    result
 }
 
 /// Like [`up`], but a Ctrl-C (SIGINT) or SIGTERM while starting stops and

@@ -172,66 +172,92 @@ macro_rules! ch3_row {
     };
 }
 
-static CH03: &[ExpectedTable] = &[ExpectedTable {
-    columns: &["probe (as pod-manager)", "before the RoleBinding", "after"],
-    rows: &[
-        ch3_row!(
-            "list pods in production",
-            "list-pods",
-            "forbidden",
-            "allowed"
-        ),
-        ch3_row!("get own Pod", "get-own-pod", "forbidden", "allowed"),
-        ch3_row!(
-            "create a Pod in production (dry run)",
-            "create-pod",
-            "forbidden",
-            "allowed"
-        ),
-        ch3_row!(
-            "delete a Pod in production (dry run)",
-            "delete-pod",
-            "forbidden",
-            "allowed"
-        ),
-        ch3_row!(
-            "get pods/log in production",
-            "get-pod-log",
-            "forbidden",
-            "forbidden"
-        ),
-        ch3_row!(
-            "list secrets in production",
-            "list-secrets",
-            "forbidden",
-            "forbidden"
-        ),
-        ch3_row!(
-            "list deployments.apps in production",
-            "list-deployments",
-            "forbidden",
-            "forbidden"
-        ),
-        ch3_row!(
-            "list pods in staging",
-            "list-pods-staging",
-            "forbidden",
-            "forbidden"
-        ),
-        ch3_row!(
-            "list namespaces (cluster scope)",
-            "list-namespaces",
-            "forbidden",
-            "forbidden"
-        ),
-        ch3_row!(
-            "create a RoleBinding in production (dry run)",
-            "create-rolebinding",
-            "forbidden",
-            "forbidden"
-        ),
-    ],
-}];
+static CH03: &[ExpectedTable] = &[
+    ExpectedTable {
+        columns: &["probe (as pod-manager)", "before the RoleBinding", "after"],
+        rows: &[
+            ch3_row!(
+                "list pods in production",
+                "list-pods",
+                "forbidden",
+                "allowed"
+            ),
+            ch3_row!("get own Pod", "get-own-pod", "forbidden", "allowed"),
+            ch3_row!(
+                "create a Pod in production (dry run)",
+                "create-pod",
+                "forbidden",
+                "allowed"
+            ),
+            ch3_row!(
+                "delete a Pod in production (dry run)",
+                "delete-pod",
+                "forbidden",
+                "allowed"
+            ),
+            ch3_row!(
+                "get pods/log in production",
+                "get-pod-log",
+                "forbidden",
+                "forbidden"
+            ),
+            ch3_row!(
+                "list secrets in production",
+                "list-secrets",
+                "forbidden",
+                "forbidden"
+            ),
+            ch3_row!(
+                "list deployments.apps in production",
+                "list-deployments",
+                "forbidden",
+                "forbidden"
+            ),
+            ch3_row!(
+                "list pods in staging",
+                "list-pods-staging",
+                "forbidden",
+                "forbidden"
+            ),
+            ch3_row!(
+                "list namespaces (cluster scope)",
+                "list-namespaces",
+                "forbidden",
+                "forbidden"
+            ),
+            ch3_row!(
+                "create a RoleBinding in production (dry run)",
+                "create-rolebinding",
+                "forbidden",
+                "forbidden"
+            ),
+        ],
+    },
+    // Phase 3: pod-manager may also create RoleBindings (binding-manager).
+    ExpectedTable {
+        columns: &[
+            "with binding-manager: create a RoleBinding (dry run) to",
+            "authorizer (can-i)",
+            "the request",
+        ],
+        rows: &[
+            row(
+                &["Role `pod-editor` (pod-manager holds all of it)"],
+                &[
+                    e("escalation.bind-pod-editor.can-i", "allowed"),
+                    e("escalation.bind-pod-editor", "allowed"),
+                ],
+            ),
+            row(
+                &["ClusterRole `edit` (pod-manager does not hold it)"],
+                &[
+                    e("escalation.bind-edit.can-i", "allowed"),
+                    e("escalation.bind-edit", "forbidden"),
+                ],
+            ),
+        ],
+    },
+];
 
 static CH04: &[ExpectedTable] = &[ExpectedTable {
     columns: &["probe", "misconfigured", "fixed"],

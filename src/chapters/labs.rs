@@ -477,9 +477,14 @@ async fn use_token(
 
 async fn ch03(client: &Client, opts: &RunOptions) -> anyhow::Result<Vec<Row>> {
     let list_pods = attrs("list", "pods", NS);
+    let create_bindings = ResourceAttributes {
+        group: Some("rbac.authorization.k8s.io".into()),
+        ..attrs("create", "rolebindings", NS)
+    };
     let mut rows = Vec::new();
 
-    // Before: everything but the RoleBinding (removed if a previous run left it).
+    // Before: everything but the RoleBindings (removed if a previous run
+    // left them).
     apply(
         client,
         3,
@@ -490,12 +495,26 @@ async fn ch03(client: &Client, opts: &RunOptions) -> anyhow::Result<Vec<Row>> {
         ],
     )
     .await?;
-    remove(client, 3, &["03-rolebinding.yaml"]).await?;
+    remove(
+        client,
+        3,
+        &["03-rolebinding.yaml", "06-rolebinding-binds.yaml"],
+    )
+    .await?;
     for ns in [NS, "staging"] {
         kube_ops::wait_namespace_ready(client, ns, &[], NS_TIMEOUT).await?;
     }
     kube_ops::wait_namespace_ready(client, NS, &["pod-manager"], NS_TIMEOUT).await?;
     kube_ops::wait_authorizer(client, NS, "pod-manager", &list_pods, false, AUTHZ_TIMEOUT).await?;
+    kube_ops::wait_authorizer(
+        client,
+        NS,
+        "pod-manager",
+        &create_bindings,
+        false,
+        AUTHZ_TIMEOUT,
+    )
+    .await?;
     let before = run_pods(client, 3, &["04-pod.yaml"], opts).await?;
     for p in &before[0].report.rows {
         rows.push(from_probe(
@@ -515,6 +534,34 @@ async fn ch03(client: &Client, opts: &RunOptions) -> anyhow::Result<Vec<Row>> {
             "pod-manager",
             Some(p),
         ));
+    }
+
+    // Escalation: pod-manager may also create RoleBindings now, and tries
+    // to hand out a role it holds and one it does not.
+    apply(
+        client,
+        3,
+        &["05-role-binding-manager.yaml", "06-rolebinding-binds.yaml"],
+    )
+    .await?;
+    kube_ops::wait_authorizer(
+        client,
+        NS,
+        "pod-manager",
+        &create_bindings,
+        true,
+        AUTHZ_TIMEOUT,
+    )
+    .await?;
+    let esc = run_pods(client, 3, &["07-pod-escalation.yaml"], opts).await?;
+    for p in &esc[0].report.rows {
+        let mut r = from_probe(format!("escalation.{}", p.id), "pod-manager", Some(p));
+        // Forbidden, yes, but by the escalation check (not the authorizer)?
+        let held = "attempting to grant RBAC permissions not currently held";
+        if r.actual == "forbidden" && !r.message.contains(held) {
+            r.actual = "forbidden (not by the escalation check)".into();
+        }
+        rows.push(r);
     }
     Ok(rows)
 }

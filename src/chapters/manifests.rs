@@ -45,6 +45,9 @@ static CH03: &[Manifest] = &[
     manifest!("03-rolebinding", "02-role.yaml"),
     manifest!("03-rolebinding", "03-rolebinding.yaml"),
     manifest!("03-rolebinding", "04-pod.yaml"),
+    manifest!("03-rolebinding", "05-role-binding-manager.yaml"),
+    manifest!("03-rolebinding", "06-rolebinding-binds.yaml"),
+    manifest!("03-rolebinding", "07-pod-escalation.yaml"),
 ];
 static CH04: &[Manifest] = &[
     manifest!("04-default-sa", "00-namespace.yaml"),

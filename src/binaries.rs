@@ -51,7 +51,9 @@ pub enum Error {
         all: String,
     },
     /// The build script failed.
-    #[error("building the Kubernetes binaries failed (scripts/install-k8s.sh exited with {0}); see its output above")]
+    #[error(
+        "building the Kubernetes binaries failed (scripts/install-k8s.sh exited with {0}); see its output above"
+    )]
     BuildFailed(String),
     /// The build script could not be started.
     #[error("could not run {0}")]
@@ -60,12 +62,14 @@ pub enum Error {
 
 /// The cache directory the build script fills for the pinned versions.
 pub fn cache_bin_dir() -> PathBuf {
-    paths::cache().join("k8s").join(format!(
-        "{}-etcd{}",
-        crate::KUBERNETES_VERSION,
-        crate::ETCD_VERSION
-    ))
-    .join("bin")
+    paths::cache()
+        .join("k8s")
+        .join(format!(
+            "{}-etcd{}",
+            crate::KUBERNETES_VERSION,
+            crate::ETCD_VERSION
+        ))
+        .join("bin")
 }
 
 fn missing_in(dir: &Path) -> Vec<&'static str> {

@@ -55,14 +55,22 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Target> {
                     "No local cluster {name:?} is running; starting one \
                      (stop it later with `sa-lab down --name {name}`)."
                 );
-                local::up_interruptible(&local::UpOptions { name: name.clone(), api_port: None }).await?
+                local::up_interruptible(&local::UpOptions {
+                    name: name.clone(),
+                    api_port: None,
+                })
+                .await?
             };
             let config = local_config(&info).await?;
             let client = kube::Client::try_from(config.clone())?;
-            reachable(&client, &format!("local cluster {name:?} ({})", info.server), &format!(
-                "check it with `sa-lab status --name {name}`, or restart it with \
+            reachable(
+                &client,
+                &format!("local cluster {name:?} ({})", info.server),
+                &format!(
+                    "check it with `sa-lab status --name {name}`, or restart it with \
                  `sa-lab down --name {name} && sa-lab up --name {name}`"
-            ))
+                ),
+            )
             .await?;
             Ok(Target {
                 provider,
@@ -80,19 +88,36 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Target> {
             let mut copts = provider::ClientOptions::new(&kind_name);
             copts.context = opts.context.clone();
             let conn = provider::client(provider, &copts).await?;
-            let describe = format!("{provider} cluster (context {}, {})", conn.context, conn.kubeconfig);
-            reachable(&conn.client, &describe, "check the kubeconfig and that the cluster is running").await?;
+            let describe = format!(
+                "{provider} cluster (context {}, {})",
+                conn.context, conn.kubeconfig
+            );
+            reachable(
+                &conn.client,
+                &describe,
+                "check the kubeconfig and that the cluster is running",
+            )
+            .await?;
             provider::preflight(&conn.client)
                 .await
                 .context("refusing to teach on this cluster")?;
-            Ok(Target { provider, client: conn.client, config: None, image, describe })
+            Ok(Target {
+                provider,
+                client: conn.client,
+                config: None,
+                image,
+                describe,
+            })
         }
     }
 }
 
 async fn local_config(info: &local::ClusterInfo) -> anyhow::Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig)?;
-    Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
+    Ok(
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?,
+    )
 }
 
 async fn reachable(client: &kube::Client, what: &str, hint: &str) -> anyhow::Result<()> {
@@ -104,8 +129,16 @@ async fn reachable(client: &kube::Client, what: &str, hint: &str) -> anyhow::Res
 }
 
 /// Runs one chapter on `target`.
-pub async fn run(target: &Target, chapter: &Chapter, timeout: Duration) -> anyhow::Result<ChapterResult> {
-    let opts = RunOptions { image: target.image.clone(), timeout, config: target.config.clone() };
+pub async fn run(
+    target: &Target,
+    chapter: &Chapter,
+    timeout: Duration,
+) -> anyhow::Result<ChapterResult> {
+    let opts = RunOptions {
+        image: target.image.clone(),
+        timeout,
+        config: target.config.clone(),
+    };
     chapters::run_chapter(&target.client, chapter, &opts).await
 }
 
@@ -133,12 +166,19 @@ pub struct TourReport {
 
 /// Every chapter in order on a fresh local cluster, torn down afterwards,
 /// also on Ctrl-C. `each` sees every chapter as it finishes.
-pub async fn tour(timeout: Duration, mut each: impl FnMut(&TourEntry)) -> anyhow::Result<TourReport> {
+pub async fn tour(
+    timeout: Duration,
+    mut each: impl FnMut(&TourEntry),
+) -> anyhow::Result<TourReport> {
     let start = Instant::now();
     let name = format!("tour-{}", std::process::id());
     // Installed before bring-up, so no Ctrl-C is ever lost between the two.
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let info = local::up_interruptible(&local::UpOptions { name: name.clone(), api_port: None }).await?;
+    let info = local::up_interruptible(&local::UpOptions {
+        name: name.clone(),
+        api_port: None,
+    })
+    .await?;
     let body = async {
         let config = local_config(&info).await?;
         let target = Target {
@@ -205,9 +245,18 @@ impl TourReport {
                 (None, true) => "✓ as expected".into(),
                 (None, false) => "✗ differs".into(),
             };
-            t.add_row(vec![e.chapter.clone(), result, e.rows.to_string(), e.mismatches.to_string()]);
+            t.add_row(vec![
+                e.chapter.clone(),
+                result,
+                e.rows.to_string(),
+                e.mismatches.to_string(),
+            ]);
         }
-        let verdict = if self.passed { "every row as expected" } else { "some rows differ" };
+        let verdict = if self.passed {
+            "every row as expected"
+        } else {
+            "some rows differ"
+        };
         format!("{t}\nTour: {} chapters, {verdict}.", self.chapters.len())
     }
 }

@@ -164,10 +164,26 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
     match command {
-        Cmd::Up { provider: Some(Provider::Kind), name, .. } => kind_script("kind-up.sh", &name),
-        Cmd::Down { provider: Some(Provider::Kind), name } => kind_script("kind-down.sh", &name),
-        Cmd::Up { provider: Some(Provider::Current), .. } | Cmd::Down { provider: Some(Provider::Current), .. } => {
-            anyhow::bail!("the current provider is your kubeconfig's cluster: sa-lab does not start or stop it")
+        Cmd::Up {
+            provider: Some(Provider::Kind),
+            name,
+            ..
+        } => kind_script("kind-up.sh", &name),
+        Cmd::Down {
+            provider: Some(Provider::Kind),
+            name,
+        } => kind_script("kind-down.sh", &name),
+        Cmd::Up {
+            provider: Some(Provider::Current),
+            ..
+        }
+        | Cmd::Down {
+            provider: Some(Provider::Current),
+            ..
+        } => {
+            anyhow::bail!(
+                "the current provider is your kubeconfig's cluster: sa-lab does not start or stop it"
+            )
         }
         Cmd::Up { name, api_port, .. } => {
             let info = local::up_interruptible(&local::UpOptions { name, api_port }).await?;
@@ -206,11 +222,29 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Run { chapter, output, provider, name, context, image, timeout } => {
+        Cmd::Run {
+            chapter,
+            output,
+            provider,
+            name,
+            context,
+            image,
+            timeout,
+        } => {
             let chapter = chapters::find(&chapter)?;
-            let target = course::connect(&course::ConnectOptions { provider, name, context, image }).await?;
-            eprintln!("Running chapter {:02} ({}) on {}", chapter.number, chapter.slug, target.describe);
-            let result = course::run(&target, chapter, std::time::Duration::from_secs(timeout)).await?;
+            let target = course::connect(&course::ConnectOptions {
+                provider,
+                name,
+                context,
+                image,
+            })
+            .await?;
+            eprintln!(
+                "Running chapter {:02} ({}) on {}",
+                chapter.number, chapter.slug, target.describe
+            );
+            let result =
+                course::run(&target, chapter, std::time::Duration::from_secs(timeout)).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
                 Output::Table => println!("{}", chapters::render_table(&result)),
@@ -265,7 +299,11 @@ fn describe(e: &anyhow::Error) -> String {
 /// The kind provider's bring-up and tear-down are scripts (they need Docker).
 fn kind_script(script: &str, name: &str) -> anyhow::Result<bool> {
     let path = sa_lab::paths::repo_root().join("scripts").join(script);
-    let kind_name = if name == local::DEFAULT_NAME { "sa-lab-kind" } else { name };
+    let kind_name = if name == local::DEFAULT_NAME {
+        "sa-lab-kind"
+    } else {
+        name
+    };
     let status = std::process::Command::new("bash")
         .arg(&path)
         .args(["--name", kind_name])

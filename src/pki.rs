@@ -9,8 +9,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// SANs of the API server's serving certificate: what Pods and learners dial
@@ -101,14 +101,22 @@ pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
         dir,
         &issuer,
         &APISERVER_SANS,
-        Subject { file: "apiserver", cn: "kube-apiserver", org: None },
+        Subject {
+            file: "apiserver",
+            cn: "kube-apiserver",
+            org: None,
+        },
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
     let node_serving = leaf(
         dir,
         &issuer,
         &["127.0.0.1", "localhost", node_name],
-        Subject { file: "node-serving", cn: node_name, org: None },
+        Subject {
+            file: "node-serving",
+            cn: node_name,
+            org: None,
+        },
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
     let client = |s: Subject| leaf(dir, &issuer, &[], s, ExtendedKeyUsagePurpose::ClientAuth);
@@ -165,7 +173,10 @@ fn key(what: &str) -> Result<KeyPair, Error> {
 }
 
 fn gen_err(what: &str, source: rcgen::Error) -> Error {
-    Error::Generate { what: what.to_string(), source }
+    Error::Generate {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn params(
@@ -255,7 +266,11 @@ mod tests {
             assert_eq!(mode(p), 0o600, "{}", p.display());
         }
         assert!(pki.sa_key.is_file());
-        assert!(pki.apiserver.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            pki.apiserver
+                .cert_pem
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

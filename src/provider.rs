@@ -655,9 +655,10 @@ fn api_error(action: &str, source: kube::Error) -> PreflightError {
             format!("{action}: it needs a cluster admin's credentials"),
             format!("the API server answered {} {}", s.code, s.message),
         ),
-        kube::Error::Api(s) => {
-            (action.to_owned(), format!("the API server answered {} {}", s.code, s.message))
-        }
+        kube::Error::Api(s) => (
+            action.to_owned(),
+            format!("the API server answered {} {}", s.code, s.message),
+        ),
         other => (action.to_owned(), other.to_string()),
     };
     PreflightError::Api { action, said }

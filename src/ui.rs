@@ -26,7 +26,12 @@ impl Step {
             }
             let _ = e.flush();
         }
-        Step { msg, start: Instant::now(), done: false, quiet }
+        Step {
+            msg,
+            start: Instant::now(),
+            done: false,
+            quiet,
+        }
     }
 
     pub fn ok(mut self) {

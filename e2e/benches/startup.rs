@@ -17,7 +17,11 @@ use serde_json::json;
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -45,9 +49,12 @@ async fn bench_up(runs: usize) {
     for i in 0..runs {
         let name = format!("bench-up-{}-{i}", std::process::id());
         let t = Instant::now();
-        let info = local::up(&UpOptions { name: name.clone(), api_port: None })
-            .await
-            .expect("sa-lab up");
+        let info = local::up(&UpOptions {
+            name: name.clone(),
+            api_port: None,
+        })
+        .await
+        .expect("sa-lab up");
         walls.push(t.elapsed().as_secs_f64());
         // Memory once the cluster has settled for a moment.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -64,10 +71,12 @@ async fn bench_up(runs: usize) {
         rss.entry("TOTAL".into()).or_default().push(total);
         local::down(&name).expect("sa-lab down");
     }
-    println!("sa-lab up -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+    println!(
+        "sa-lab up -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
         median(&mut walls.clone()),
         walls.iter().cloned().fold(f64::MAX, f64::min),
-        walls.iter().cloned().fold(0.0, f64::max));
+        walls.iter().cloned().fold(0.0, f64::max)
+    );
     println!("resident memory 3 s after ready (median of {runs} runs):");
     for (name, mut v) in rss {
         println!("  {name:<24} {:>7.1} MiB", median(&mut v));
@@ -76,13 +85,21 @@ async fn bench_up(runs: usize) {
 
 async fn bench_pods(runs: usize) {
     let name = format!("bench-pods-{}", std::process::id());
-    let info = local::up(&UpOptions { name: name.clone(), api_port: None }).await.expect("up");
+    let info = local::up(&UpOptions {
+        name: name.clone(),
+        api_port: None,
+    })
+    .await
+    .expect("up");
     let client = info.client().await.expect("client");
     let ns = "bench";
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .expect("namespace");
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     // Wait for the namespace's default ServiceAccount (created by the KCM).
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -108,7 +125,9 @@ async fn bench_pods(runs: usize) {
         let wp = WatchParams::default().fields(&format!("metadata.name={pod_name}"));
         let mut stream = pods.watch(&wp, "0").await.expect("watch").boxed();
         let t = Instant::now();
-        pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ev = tokio::time::timeout_at(deadline.into(), stream.next())
@@ -139,10 +158,16 @@ async fn bench_pods(runs: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let up_runs = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
     let pod_runs = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         bench_up(up_runs).await;
         bench_pods(pod_runs).await;

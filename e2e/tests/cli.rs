@@ -43,7 +43,13 @@ fn unknown_chapter_lists_the_real_ones() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("unknown chapter \"42\""), "{err}");
-    for slug in ["01-identity", "02-token-mount", "03-rolebinding", "04-default-sa", "05-automount"] {
+    for slug in [
+        "01-identity",
+        "02-token-mount",
+        "03-rolebinding",
+        "04-default-sa",
+        "05-automount",
+    ] {
         assert!(err.contains(slug), "the error must list {slug}: {err}");
     }
     // Twin: a real chapter name is accepted by `list`.
@@ -55,7 +61,11 @@ fn unknown_chapter_lists_the_real_ones() {
 fn an_unreachable_cluster_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     // A kubeconfig pointing at a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(
         &kc,
@@ -65,13 +75,23 @@ fn an_unreachable_cluster_is_named() {
     )
     .unwrap();
     let out = run(
-        &["run", "01", "--provider", "current", "--image", "example.invalid/sa-lab-labs:0.1.0"],
+        &[
+            "run",
+            "01",
+            "--provider",
+            "current",
+            "--image",
+            "example.invalid/sa-lab-labs:0.1.0",
+        ],
         &[("KUBECONFIG", kc.to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("no cluster reachable"), "{err}");
-    assert!(err.contains("context gone"), "the error must name the cluster: {err}");
+    assert!(
+        err.contains("context gone"),
+        "the error must name the cluster: {err}"
+    );
 }
 
 #[tokio::test]
@@ -85,19 +105,36 @@ async fn run_prints_json_rows_and_reruns_safely() {
         let rows = v["rows"].as_array().expect("rows");
         assert!(!rows.is_empty());
         for row in rows {
-            for field in ["verb", "group", "resource", "subresource", "namespace", "name", "expected", "actual", "status", "message"] {
+            for field in [
+                "verb",
+                "group",
+                "resource",
+                "subresource",
+                "namespace",
+                "name",
+                "expected",
+                "actual",
+                "status",
+                "message",
+            ] {
                 assert!(row.get(field).is_some(), "row lacks {field}: {row}");
             }
         }
         // Both outcomes appear: the table is not all-allowed or all-forbidden.
         let actual: Vec<&str> = rows.iter().filter_map(|r| r["actual"].as_str()).collect();
-        assert!(actual.contains(&"allowed") && actual.contains(&"forbidden"), "{actual:?}");
+        assert!(
+            actual.contains(&"allowed") && actual.contains(&"forbidden"),
+            "{actual:?}"
+        );
     }
     // The table form shows expected and actual columns.
     let out = run(&["run", "default-sa", "--name", &name], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("expected") && table.contains("actual"), "{table}");
+    assert!(
+        table.contains("expected") && table.contains("actual"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -116,7 +153,10 @@ fn tour_runs_every_chapter_and_tears_down() {
         assert_eq!(ch["mismatches"], 0);
     }
     let cluster = v["cluster"].as_str().unwrap();
-    assert!(!sa_lab::paths::cluster_dir(cluster).exists(), "tour must remove its cluster");
+    assert!(
+        !sa_lab::paths::cluster_dir(cluster).exists(),
+        "tour must remove its cluster"
+    );
     assert!(processes_mentioning(&format!("clusters/{cluster}/")).is_empty());
 }
 
@@ -135,7 +175,8 @@ fn ctrl_c_during_the_tour_tears_the_cluster_down() {
     // Wait until the tour's cluster is up (its status file says ready).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ready = sa_lab::local::read_status(&sa_lab::paths::cluster_dir(&cluster)).is_some_and(|s| s.ready);
+        let ready = sa_lab::local::read_status(&sa_lab::paths::cluster_dir(&cluster))
+            .is_some_and(|s| s.ready);
         if ready {
             break;
         }
@@ -145,10 +186,20 @@ fn ctrl_c_during_the_tour_tears_the_cluster_down() {
     }
     // Twin: while the tour runs, its processes exist.
     assert!(!processes_mentioning(&format!("clusters/{cluster}/")).is_empty());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
-    assert!(!status.success(), "an interrupted tour must not report success");
-    assert!(!sa_lab::paths::cluster_dir(&cluster).exists(), "state removed");
+    assert!(
+        !status.success(),
+        "an interrupted tour must not report success"
+    );
+    assert!(
+        !sa_lab::paths::cluster_dir(&cluster).exists(),
+        "state removed"
+    );
     let left = processes_mentioning(&format!("clusters/{cluster}/"));
     assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
 }
@@ -172,10 +223,18 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
         assert!(Instant::now() < deadline, "up never started its components");
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("interrupted while starting"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted while starting"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.exists(), "half-made state removed");
     let left = processes_mentioning(&format!("clusters/{name}/"));
     assert!(left.is_empty(), "processes left: {left:?}");
@@ -192,7 +251,10 @@ async fn a_lab_pod_that_never_starts_shows_its_events() {
     let err = stderr(&out);
     assert!(err.contains("did not finish within 5s"), "{err}");
     assert!(err.contains("(not scheduled)"), "{err}");
-    assert!(err.contains("FailedScheduling"), "the events must be shown: {err}");
+    assert!(
+        err.contains("FailedScheduling"),
+        "the events must be shown: {err}"
+    );
     // Twin: once the node takes Pods again, the same chapter passes.
     c.kubectl_ok(&["uncordon", "sandbox-node"]);
     let out = run(&["run", "01", "--name", &name], &[]);
@@ -221,12 +283,21 @@ async fn credentials_without_permissions_are_refused_clearly() {
         ),
     )
     .unwrap();
-    let out = run(&["run", "01", "--provider", "current"], &[("KUBECONFIG", kc.to_str().unwrap())]);
+    let out = run(
+        &["run", "01", "--provider", "current"],
+        &[("KUBECONFIG", kc.to_str().unwrap())],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("refusing to teach on this cluster"), "{err}");
-    assert!(err.contains("cluster admin"), "must say whose credentials are needed: {err}");
-    assert!(!err.contains(token.trim()), "the token must never be printed");
+    assert!(
+        err.contains("cluster admin"),
+        "must say whose credentials are needed: {err}"
+    );
+    assert!(
+        !err.contains(token.trim()),
+        "the token must never be printed"
+    );
     // Twin: the admin kubeconfig of the same cluster, as `current`, runs it.
     let out = run(
         &["run", "01", "--provider", "current"],

@@ -19,9 +19,12 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 
 async fn create_ns(client: &kube::Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
-    api.create(&PostParams::default(), &obj(json!({"metadata": {"name": name}})))
-        .await
-        .expect("create namespace");
+    api.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": name}})),
+    )
+    .await
+    .expect("create namespace");
 }
 
 fn pod(name: &str, sa: Option<&str>) -> Pod {
@@ -60,7 +63,9 @@ fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
                 .chars()
                 .filter(|c| !c.is_whitespace())
                 .collect();
-            base64::engine::general_purpose::STANDARD.decode(body).expect("PEM body")
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .expect("PEM body")
         })
         .collect()
 }
@@ -76,7 +81,8 @@ fn token_client(server: &str, ca_pem: &str, token: &str) -> kube::Client {
 
 async fn whoami(client: &kube::Client) -> Result<serde_json::Value, kube::Error> {
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
-    let review: SelfSubjectReview = obj(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}));
+    let review: SelfSubjectReview =
+        obj(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}));
     let out = api.create(&PostParams::default(), &review).await?;
     Ok(serde_json::to_value(out.status).unwrap()["userInfo"].clone())
 }
@@ -107,7 +113,10 @@ async fn namespaces_get_default_sa_and_pods_get_projected_token() {
 
     // Admission fills in serviceAccountName and the kube-api-access volume.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let stored = pods.create(&PostParams::default(), &pod("no-sa", None)).await.expect("create pod");
+    let stored = pods
+        .create(&PostParams::default(), &pod("no-sa", None))
+        .await
+        .expect("create pod");
     let spec = stored.spec.expect("spec");
     assert_eq!(spec.service_account_name.as_deref(), Some("default"));
     let volumes = spec.volumes.unwrap_or_default();
@@ -116,39 +125,75 @@ async fn namespaces_get_default_sa_and_pods_get_projected_token() {
         .find(|v| v.name.starts_with("kube-api-access-"))
         .expect("kube-api-access-* volume");
     assert_eq!(vol.name.len(), "kube-api-access-".len() + 5);
-    let sources = vol.projected.as_ref().expect("projected").sources.clone().unwrap_or_default();
-    let token = sources.iter().find_map(|s| s.service_account_token.as_ref()).expect("token source");
+    let sources = vol
+        .projected
+        .as_ref()
+        .expect("projected")
+        .sources
+        .clone()
+        .unwrap_or_default();
+    let token = sources
+        .iter()
+        .find_map(|s| s.service_account_token.as_ref())
+        .expect("token source");
     assert_eq!(token.path, "token");
     assert_eq!(token.expiration_seconds, Some(3607));
-    let cm = sources.iter().find_map(|s| s.config_map.as_ref()).expect("configMap source");
+    let cm = sources
+        .iter()
+        .find_map(|s| s.config_map.as_ref())
+        .expect("configMap source");
     assert_eq!(cm.name, "kube-root-ca.crt");
-    let dapi = sources.iter().find_map(|s| s.downward_api.as_ref()).expect("downwardAPI source");
+    let dapi = sources
+        .iter()
+        .find_map(|s| s.downward_api.as_ref())
+        .expect("downwardAPI source");
     let item = &dapi.items.as_ref().expect("items")[0];
     assert_eq!(item.path, "namespace");
-    assert_eq!(item.field_ref.as_ref().unwrap().field_path, "metadata.namespace");
+    assert_eq!(
+        item.field_ref.as_ref().unwrap().field_path,
+        "metadata.namespace"
+    );
     let mount = spec.containers[0]
         .volume_mounts
         .as_ref()
         .and_then(|m| m.iter().find(|m| m.name == vol.name).cloned())
         .expect("token mount");
-    assert_eq!(mount.mount_path, "/var/run/secrets/kubernetes.io/serviceaccount");
+    assert_eq!(
+        mount.mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
     assert_eq!(mount.read_only, Some(true));
 
     // Twin: a Pod naming an existing ServiceAccount is accepted...
-    sas.create(&PostParams::default(), &obj(json!({"metadata": {"name": "app"}})))
-        .await
-        .expect("create sa");
-    let ok = pods.create(&PostParams::default(), &pod("with-sa", Some("app"))).await;
-    assert!(ok.is_ok(), "pod naming an existing SA must be accepted: {ok:?}");
+    sas.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "app"}})),
+    )
+    .await
+    .expect("create sa");
+    let ok = pods
+        .create(&PostParams::default(), &pod("with-sa", Some("app")))
+        .await;
+    assert!(
+        ok.is_ok(),
+        "pod naming an existing SA must be accepted: {ok:?}"
+    );
     // ...and one naming a missing ServiceAccount is refused with 403.
     let err = pods
-        .create(&PostParams::default(), &pod("missing-sa", Some("does-not-exist")))
+        .create(
+            &PostParams::default(),
+            &pod("missing-sa", Some("does-not-exist")),
+        )
         .await
         .expect_err("pod naming a missing SA must be refused");
     match err {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 403, "{s:?}");
-            assert!(s.message.contains("error looking up service account"), "{}", s.message);
+            assert!(
+                s.message.contains("error looking up service account"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("expected a 403, got {other:?}"),
     }
@@ -161,9 +206,12 @@ async fn token_request_identity_and_rbac() {
     let ns = unique_ns("tokens");
     create_ns(&client, &ns).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    sas.create(&PostParams::default(), &obj(json!({"metadata": {"name": "robot"}})))
-        .await
-        .expect("create sa");
+    sas.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "robot"}})),
+    )
+    .await
+    .expect("create sa");
 
     let jwt = request_token(&client, &ns, "robot").await;
     assert_eq!(jwt.split('.').count(), 3, "a JWT has three parts");
@@ -184,10 +232,19 @@ async fn token_request_identity_and_rbac() {
         found.expect("kube-root-ca.crt in the new namespace")
     };
     let sa_client = token_client(&c.info.server, &ca, &jwt);
-    let user = whoami(&sa_client).await.expect("SelfSubjectReview with the token");
-    assert_eq!(user["username"], format!("system:serviceaccount:{ns}:robot"));
+    let user = whoami(&sa_client)
+        .await
+        .expect("SelfSubjectReview with the token");
+    assert_eq!(
+        user["username"],
+        format!("system:serviceaccount:{ns}:robot")
+    );
     let groups: Vec<String> = serde_json::from_value(user["groups"].clone()).unwrap();
-    for g in ["system:serviceaccounts", &format!("system:serviceaccounts:{ns}"), "system:authenticated"] {
+    for g in [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{ns}"),
+        "system:authenticated",
+    ] {
         assert!(groups.iter().any(|x| x == g), "groups {groups:?} lack {g}");
     }
 
@@ -208,10 +265,16 @@ async fn token_request_identity_and_rbac() {
     }
     // ...until a RoleBinding grants it.
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
-    roles.create(&PostParams::default(), &obj(json!({
-        "metadata": {"name": "pod-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
-    }))).await.expect("create role");
+    roles
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+            })),
+        )
+        .await
+        .expect("create role");
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
     rbs.create(&PostParams::default(), &obj(json!({
         "metadata": {"name": "robot-reads-pods"},
@@ -235,7 +298,10 @@ async fn aggregated_roles_root_ca_and_kubectl() {
     let client = c.client().await;
 
     // clusterrole-aggregation filled `view`.
-    let view = Api::<ClusterRole>::all(client.clone()).get("view").await.expect("view");
+    let view = Api::<ClusterRole>::all(client.clone())
+        .get("view")
+        .await
+        .expect("view");
     assert!(view.rules.is_some_and(|r| !r.is_empty()), "view has rules");
 
     // kube-root-ca.crt holds the CA that verifies the API server: a client
@@ -248,14 +314,20 @@ async fn aggregated_roles_root_ca_and_kubectl() {
     let mut cfg = kube::Config::new(c.info.server.parse().unwrap());
     cfg.root_cert = Some(pem_to_der(&ca));
     let anon = kube::Client::try_from(cfg).unwrap();
-    let v = anon.apiserver_version().await.expect("TLS verified by kube-root-ca.crt");
+    let v = anon
+        .apiserver_version()
+        .await
+        .expect("TLS verified by kube-root-ca.crt");
     assert_eq!(v.git_version, sa_lab::KUBERNETES_VERSION);
     // Twin: a client trusting some other CA fails TLS.
     let other = sa_lab::pki::generate(&c.dir().join("other-pki"), "x").unwrap();
     let mut cfg = kube::Config::new(c.info.server.parse().unwrap());
     cfg.root_cert = Some(pem_to_der(&other.ca.cert_pem));
     let wrong = kube::Client::try_from(cfg).unwrap();
-    assert!(wrong.apiserver_version().await.is_err(), "an unrelated CA must not verify the apiserver");
+    assert!(
+        wrong.apiserver_version().await.is_err(),
+        "an unrelated CA must not verify the apiserver"
+    );
 
     // The built kubectl works against it.
     let version = c.kubectl_ok(&["version", "-o", "json"]);
@@ -263,13 +335,27 @@ async fn aggregated_roles_root_ca_and_kubectl() {
     assert_eq!(v["serverVersion"]["gitVersion"], sa_lab::KUBERNETES_VERSION);
     assert_eq!(v["clientVersion"]["gitVersion"], sa_lab::KUBERNETES_VERSION);
     let who = c.kubectl_ok(&["auth", "whoami", "-o", "json"]);
-    assert!(who.contains("kubernetes-admin") && who.contains("system:masters"), "{who}");
+    assert!(
+        who.contains("kubernetes-admin") && who.contains("system:masters"),
+        "{who}"
+    );
 
     let ns = unique_ns("kubectl");
     c.kubectl_ok(&["create", "namespace", &ns]);
     c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "pod-manager"]);
-    let token = c.kubectl_ok(&["-n", &ns, "create", "token", "pod-manager", "--duration", "10m"]);
-    assert_eq!(claims(token.trim())["sub"], format!("system:serviceaccount:{ns}:pod-manager"));
+    let token = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "token",
+        "pod-manager",
+        "--duration",
+        "10m",
+    ]);
+    assert_eq!(
+        claims(token.trim())["sub"],
+        format!("system:serviceaccount:{ns}:pod-manager")
+    );
 
     let sa = format!("system:serviceaccount:{ns}:pod-manager");
     let can = |c: &TestCluster| {
@@ -277,8 +363,24 @@ async fn aggregated_roles_root_ca_and_kubectl() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(can(&c), "no");
-    c.kubectl_ok(&["-n", &ns, "create", "role", "lister", "--verb=list", "--resource=pods"]);
-    c.kubectl_ok(&["-n", &ns, "create", "rolebinding", "lister", "--role=lister", &format!("--serviceaccount={ns}:pod-manager")]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "role",
+        "lister",
+        "--verb=list",
+        "--resource=pods",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "lister",
+        "--role=lister",
+        &format!("--serviceaccount={ns}:pod-manager"),
+    ]);
     let mut answer = String::new();
     for _ in 0..50 {
         answer = can(&c);
@@ -291,6 +393,11 @@ async fn aggregated_roles_root_ca_and_kubectl() {
 
     // A namespace can be deleted (the namespace controller finishes it).
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.delete(&ns, &DeleteParams::default()).await.expect("delete ns");
-    eventually(60, "namespace deletion", || async { nss.get_opt(&ns).await.ok().flatten().is_none() }).await;
+    nss.delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete ns");
+    eventually(60, "namespace deletion", || async {
+        nss.get_opt(&ns).await.ok().flatten().is_none()
+    })
+    .await;
 }

@@ -15,8 +15,12 @@ fn cluster_pids(info: &ClusterInfo) -> Vec<u32> {
     let sup = format!("supervise\0--name\0{}\0", info.name);
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&cmd);
         if text.contains(&dir) || text.contains(&sup) {
             pids.push(pid);
@@ -27,9 +31,17 @@ fn cluster_pids(info: &ClusterInfo) -> Vec<u32> {
 
 fn assert_gone(info: &ClusterInfo) {
     let pids = cluster_pids(info);
-    assert!(pids.is_empty(), "processes of {} still running: {pids:?}", info.name);
+    assert!(
+        pids.is_empty(),
+        "processes of {} still running: {pids:?}",
+        info.name
+    );
     for port in info.ports() {
-        assert!(!local::port_listening(port), "port {port} of {} still listening", info.name);
+        assert!(
+            !local::port_listening(port),
+            "port {port} of {} still listening",
+            info.name
+        );
     }
     assert!(!info.dir.exists(), "{} still exists", info.dir.display());
 }
@@ -52,7 +64,11 @@ async fn down_stops_every_process_and_frees_ports() {
     let c = TestCluster::start("down").await;
     let info = c.info.clone();
     // Twin: while up, there are processes and listening ports.
-    assert!(cluster_pids(&info).len() >= 6, "supervisor + 5 components: {:?}", cluster_pids(&info));
+    assert!(
+        cluster_pids(&info).len() >= 6,
+        "supervisor + 5 components: {:?}",
+        cluster_pids(&info)
+    );
     assert!(local::port_listening(info.api_port));
     let health = local::health(&info.name).await.unwrap();
     assert!(health.healthy, "{}", health.render());
@@ -69,7 +85,10 @@ async fn a_panicking_test_leaves_nothing_behind() {
         panic!("deliberate panic mid-test");
     });
     let join = handle.await;
-    assert!(join.is_err_and(|e| e.is_panic()), "the inner test must have panicked");
+    assert!(
+        join.is_err_and(|e| e.is_panic()),
+        "the inner test must have panicked"
+    );
     let info = rx.recv().expect("the cluster had started");
     assert_gone(&info);
 }
@@ -86,7 +105,10 @@ async fn two_named_clusters_run_side_by_side() {
     // Namespaces are per cluster.
     a.kubectl_ok(&["create", "namespace", "only-in-a"]);
     let out = b.kubectl(&["get", "namespace", "only-in-a"]);
-    assert!(!out.status.success(), "cluster b must not see a's namespace");
+    assert!(
+        !out.status.success(),
+        "cluster b must not see a's namespace"
+    );
     let info_a = a.info.clone();
     drop(a);
     assert_gone(&info_a);
@@ -107,16 +129,32 @@ async fn up_on_a_running_name_is_refused_and_env_prints_the_export() {
     let out = sa_lab(&["env", "--name", &name], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("export KUBECONFIG={}", c.info.kubeconfig.display())), "{text}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&c.info.kubeconfig).unwrap().permissions());
+    assert!(
+        text.contains(&format!(
+            "export KUBECONFIG={}",
+            c.info.kubeconfig.display()
+        )),
+        "{text}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&c.info.kubeconfig).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "kubeconfig must be private");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&c.info.dir).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&c.info.dir).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o700, "cluster dir must be private");
 
     let out = sa_lab(&["status", "--name", &name], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for comp in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "sandbox-node"] {
+    for comp in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "sandbox-node",
+    ] {
         assert!(text.contains(comp), "status lacks {comp}: {text}");
     }
 }
@@ -128,8 +166,14 @@ fn down_and_status_of_a_missing_cluster_say_so() {
         let out = sa_lab(&[cmd, "--name", &name], &[]);
         assert_eq!(out.status.code(), Some(2), "{cmd}");
         let err = stderr(&out);
-        assert!(err.contains(&format!("no local cluster named {name:?}")), "{cmd}: {err}");
-        assert!(err.contains("sa-lab up"), "{cmd} must say what to do: {err}");
+        assert!(
+            err.contains(&format!("no local cluster named {name:?}")),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("sa-lab up"),
+            "{cmd} must say what to do: {err}"
+        );
     }
 }
 
@@ -143,8 +187,15 @@ fn a_taken_port_is_refused_before_anything_starts() {
     let name = unique("port");
     let out = sa_lab(&["up", "--name", &name, "--api-port", &port], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("port {port} on 127.0.0.1 is already in use")), "{}", stderr(&out));
-    assert!(!sa_lab::paths::cluster_dir(&name).exists(), "nothing half-made");
+    assert!(
+        stderr(&out).contains(&format!("port {port} on 127.0.0.1 is already in use")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !sa_lab::paths::cluster_dir(&name).exists(),
+        "nothing half-made"
+    );
 }
 
 #[test]
@@ -164,7 +215,10 @@ fn no_binaries_and_no_go_is_a_clear_error() {
     let err = stderr(&out);
     assert!(err.contains("Go is not installed"), "{err}");
     assert!(err.contains("SA_LAB_K8S_BIN"), "{err}");
-    assert!(!sa_lab::paths::cluster_dir(&name).exists(), "nothing half-made");
+    assert!(
+        !sa_lab::paths::cluster_dir(&name).exists(),
+        "nothing half-made"
+    );
 }
 
 /// A component that crashes during start-up is named, with its log tail,
@@ -181,16 +235,29 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
     }
     let broken = fake.path().join("kube-apiserver");
     std::fs::remove_file(&broken).unwrap();
-    std::fs::write(&broken, "#!/bin/sh\necho 'E0101 simulated crash: bad flag' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'E0101 simulated crash: bad flag' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let name = unique("crash");
-    let out = sa_lab(&["up", "--name", &name], &[("SA_LAB_K8S_BIN", fake.path().to_str().unwrap())]);
+    let out = sa_lab(
+        &["up", "--name", &name],
+        &[("SA_LAB_K8S_BIN", fake.path().to_str().unwrap())],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("kube-apiserver failed to start"), "{err}");
-    assert!(err.contains("simulated crash"), "log tail must be shown: {err}");
-    assert!(!sa_lab::paths::cluster_dir(&name).exists(), "nothing half-made");
+    assert!(
+        err.contains("simulated crash"),
+        "log tail must be shown: {err}"
+    );
+    assert!(
+        !sa_lab::paths::cluster_dir(&name).exists(),
+        "nothing half-made"
+    );
     // etcd, started before the crash, is gone too.
     let leftover: Vec<_> = std::fs::read_dir("/proc")
         .unwrap()
@@ -201,5 +268,9 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
                 .unwrap_or(false)
         })
         .collect();
-    assert!(leftover.is_empty(), "processes left: {:?}", leftover.iter().map(|e| e.path()).collect::<Vec<_>>());
+    assert!(
+        leftover.is_empty(),
+        "processes left: {:?}",
+        leftover.iter().map(|e| e.path()).collect::<Vec<_>>()
+    );
 }

@@ -226,7 +226,10 @@ async fn ch01(client: &Client, opts: &RunOptions) -> anyhow::Result<Vec<Row>> {
 
     // serviceAccountName is immutable.
     let patch = serde_json::json!({ "spec": { "serviceAccountName": "default" } });
-    let pp = PatchParams { dry_run: true, ..PatchParams::default() };
+    let pp = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
     let res = pods.patch("identity", &pp, &Patch::Merge(&patch)).await;
     let (actual, status, message) = api_result(&res);
     rows.push(Row {

@@ -75,15 +75,30 @@ impl Component {
                     "--profiling=false",
                 ]);
                 a.push(format!("--secure-port={}", info.api_port));
-                a.push(format!("--etcd-servers=http://127.0.0.1:{}", info.etcd_port));
+                a.push(format!(
+                    "--etcd-servers=http://127.0.0.1:{}",
+                    info.etcd_port
+                ));
                 a.push(format!("--tls-cert-file={}", p("apiserver.crt")));
                 a.push(format!("--tls-private-key-file={}", p("apiserver.key")));
                 a.push(format!("--client-ca-file={}", p("ca.crt")));
                 a.push(format!("--service-account-key-file={}", p("sa.pub")));
-                a.push(format!("--service-account-signing-key-file={}", p("sa.key")));
-                a.push(format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")));
-                a.push(format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")));
-                a.push(format!("--cert-dir={}", pki.join("apiserver-generated").display()));
+                a.push(format!(
+                    "--service-account-signing-key-file={}",
+                    p("sa.key")
+                ));
+                a.push(format!(
+                    "--kubelet-client-certificate={}",
+                    p("apiserver-kubelet-client.crt")
+                ));
+                a.push(format!(
+                    "--kubelet-client-key={}",
+                    p("apiserver-kubelet-client.key")
+                ));
+                a.push(format!(
+                    "--cert-dir={}",
+                    pki.join("apiserver-generated").display()
+                ));
                 (bin("kube-apiserver"), a)
             }
             Component::ControllerManager => {
@@ -110,9 +125,15 @@ impl Component {
                 a.push(format!("--kubeconfig={kc}"));
                 a.push(format!("--authentication-kubeconfig={kc}"));
                 a.push(format!("--authorization-kubeconfig={kc}"));
-                a.push(format!("--service-account-private-key-file={}", p("sa.key")));
+                a.push(format!(
+                    "--service-account-private-key-file={}",
+                    p("sa.key")
+                ));
                 a.push(format!("--root-ca-file={}", p("ca.crt")));
-                a.push(format!("--cert-dir={}", pki.join("kcm-generated").display()));
+                a.push(format!(
+                    "--cert-dir={}",
+                    pki.join("kcm-generated").display()
+                ));
                 (bin("kube-controller-manager"), a)
             }
             Component::Scheduler => {
@@ -125,7 +146,10 @@ impl Component {
             }
             Component::Node => {
                 let opts = info.dir.join("node/options.json").display().to_string();
-                (crate::paths::self_binary(), vec!["node".into(), "--options".into(), opts])
+                (
+                    crate::paths::self_binary(),
+                    vec!["node".into(), "--options".into(), opts],
+                )
             }
         }
     }

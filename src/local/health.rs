@@ -38,7 +38,11 @@ pub async fn health(name: &str) -> Result<HealthReport, Error> {
     let info = load(name)?;
     let st = read_status(&info.dir).unwrap_or_default();
     let alive = supervisor_alive(st.supervisor_pid);
-    let client = if alive { info.client().await.ok() } else { None };
+    let client = if alive {
+        info.client().await.ok()
+    } else {
+        None
+    };
     let mut components = Vec::new();
     for c in &st.components {
         let running = alive && c.running;
@@ -61,13 +65,21 @@ pub async fn health(name: &str) -> Result<HealthReport, Error> {
         name: info.name.clone(),
         server: info.server.clone(),
         kubeconfig: info.kubeconfig.display().to_string(),
-        phase: if alive { st.phase } else { "not running".into() },
+        phase: if alive {
+            st.phase
+        } else {
+            "not running".into()
+        },
         components,
         healthy,
     })
 }
 
-async fn probe(name: &str, info: &super::ClusterInfo, client: Option<&kube::Client>) -> (String, bool) {
+async fn probe(
+    name: &str,
+    info: &super::ClusterInfo,
+    client: Option<&kube::Client>,
+) -> (String, bool) {
     let timeout = Duration::from_secs(3);
     match name {
         "etcd" => {
@@ -75,8 +87,12 @@ async fn probe(name: &str, info: &super::ClusterInfo, client: Option<&kube::Clie
             (if ok { "/health ok" } else { "/health failing" }.into(), ok)
         }
         "kube-apiserver" => {
-            let Some(c) = client else { return ("no client".into(), false) };
-            let req = http::Request::get("/readyz").body(Vec::new()).expect("valid request");
+            let Some(c) = client else {
+                return ("no client".into(), false);
+            };
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("valid request");
             match tokio::time::timeout(timeout, c.request_text(req)).await {
                 Ok(Ok(_)) => ("/readyz ok".into(), true),
                 Ok(Err(e)) => (format!("/readyz: {e}"), false),
@@ -84,7 +100,9 @@ async fn probe(name: &str, info: &super::ClusterInfo, client: Option<&kube::Clie
             }
         }
         "sandbox-node" => {
-            let Some(c) = client else { return ("no client".into(), false) };
+            let Some(c) = client else {
+                return ("no client".into(), false);
+            };
             node_health(c, &info.node_name).await
         }
         _ => ("running".into(), true),

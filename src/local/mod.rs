@@ -24,8 +24,8 @@ use crate::{binaries, kubeconfig, paths, pki, ui};
 
 pub use components::Component;
 pub use health::{ComponentHealth, HealthReport, health};
-pub use supervisor::supervise;
 pub(crate) use supervisor::etcd_healthy as supervisor_etcd_health;
+pub use supervisor::supervise;
 
 /// Default cluster name.
 pub const DEFAULT_NAME: &str = "sa-lab";
@@ -51,7 +51,9 @@ pub enum Error {
     #[error("no local cluster named {name:?}{known}; start one with `sa-lab up --name {name}`")]
     NotFound { name: String, known: String },
     /// The requested API server port is taken.
-    #[error("port {port} on 127.0.0.1 is already in use; free it or choose another with --api-port")]
+    #[error(
+        "port {port} on 127.0.0.1 is already in use; free it or choose another with --api-port"
+    )]
     PortInUse { port: u16 },
     /// Kubernetes binaries are missing.
     #[error(transparent)]
@@ -68,7 +70,9 @@ pub enum Error {
         tail: String,
     },
     /// The cluster did not become ready in time.
-    #[error("cluster {name:?} did not become ready within {secs}s (waiting for: {waiting}); logs are in {logs}")]
+    #[error(
+        "cluster {name:?} did not become ready within {secs}s (waiting for: {waiting}); logs are in {logs}"
+    )]
     Timeout {
         name: String,
         secs: u64,
@@ -82,7 +86,9 @@ pub enum Error {
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
     /// Ctrl-C (or SIGTERM) arrived while the cluster was starting.
-    #[error("interrupted while starting cluster {0:?}; everything it had started was stopped and removed")]
+    #[error(
+        "interrupted while starting cluster {0:?}; everything it had started was stopped and removed"
+    )]
     Interrupted(String),
     /// State on disk could not be parsed.
     #[error("cluster state {0} is unreadable; remove it with `sa-lab down --name NAME`")]
@@ -128,7 +134,12 @@ impl ClusterInfo {
     }
     /// Every TCP port the cluster listens on.
     pub fn ports(&self) -> [u16; 4] {
-        [self.api_port, self.etcd_port, self.etcd_peer_port, self.kubelet_port]
+        [
+            self.api_port,
+            self.etcd_port,
+            self.etcd_peer_port,
+            self.kubelet_port,
+        ]
     }
     /// A client with the admin identity (`system:masters`).
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
@@ -180,7 +191,11 @@ fn validate_name(name: &str) -> Result<(), Error> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-');
-    if ok { Ok(()) } else { Err(Error::InvalidName(name.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -209,7 +224,10 @@ fn not_found(name: &str) -> Error {
     } else {
         format!(" (existing: {})", others.join(", "))
     };
-    Error::NotFound { name: name.to_string(), known }
+    Error::NotFound {
+        name: name.to_string(),
+        known,
+    }
 }
 
 /// Reads a cluster's facts, whether or not it is running.
@@ -277,7 +295,9 @@ pub fn running_pid(name: &str) -> Option<u32> {
 
 fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("choosing a free port"))?;
-    Ok(l.local_addr().map_err(io_err("choosing a free port"))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err("choosing a free port"))?
+        .port())
 }
 
 fn port_in_use(port: u16) -> bool {
@@ -294,11 +314,18 @@ pub fn port_listening(port: u16) -> bool {
 /// `default` ServiceAccount and `kube-root-ca.crt` exist in `default`, the
 /// aggregated `view` ClusterRole has rules, and the sandbox node is Ready.
 pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
-    let name = if opts.name.is_empty() { DEFAULT_NAME } else { &opts.name };
+    let name = if opts.name.is_empty() {
+        DEFAULT_NAME
+    } else {
+        &opts.name
+    };
     validate_name(name)?;
     let dir = paths::cluster_dir(name);
     if let Some(pid) = running_pid(name) {
-        return Err(Error::AlreadyRunning { name: name.to_string(), pid });
+        return Err(Error::AlreadyRunning {
+            name: name.to_string(),
+            pid,
+        });
     }
     if let Some(port) = opts.api_port {
         if port_in_use(port) {
@@ -326,7 +353,10 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         let lost_port_race = matches!(&result, Err(Error::ComponentFailed { tail, .. })
             if tail.contains("address already in use"));
         if lost_port_race && opts.api_port.is_none() && attempt < 3 {
-            ui::note(format!("a port was taken while starting; retrying with new ports (attempt {})", attempt + 1));
+            ui::note(format!(
+                "a port was taken while starting; retrying with new ports (attempt {})",
+                attempt + 1
+            ));
             continue;
         }
         return result;
@@ -338,8 +368,13 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
 pub async fn up_interruptible(opts: &UpOptions) -> Result<ClusterInfo, Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing a Ctrl-C handler"))?;
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("installing a SIGTERM handler"))?;
-    let name = if opts.name.is_empty() { DEFAULT_NAME.to_string() } else { opts.name.clone() };
+    let mut term =
+        signal(SignalKind::terminate()).map_err(io_err("installing a SIGTERM handler"))?;
+    let name = if opts.name.is_empty() {
+        DEFAULT_NAME.to_string()
+    } else {
+        opts.name.clone()
+    };
     tokio::select! {
         r = up(opts) => return r,
         _ = int.recv() => {}
@@ -382,12 +417,31 @@ async fn prepare_and_start(
     };
     let cluster = format!("sa-lab-{name}");
     let kc = |file: &str, user: &str, pair: &pki::Pair| {
-        kubeconfig::write(&dir.join(file), &cluster, &info.server, &pki.ca.cert_pem, user, pair)
+        kubeconfig::write(
+            &dir.join(file),
+            &cluster,
+            &info.server,
+            &pki.ca.cert_pem,
+            user,
+            pair,
+        )
     };
     kc("kubeconfig", "kubernetes-admin", &pki.admin)?;
-    kc("pki/controller-manager.kubeconfig", "system:kube-controller-manager", &pki.controller_manager)?;
-    kc("pki/scheduler.kubeconfig", "system:kube-scheduler", &pki.scheduler)?;
-    kc("pki/node.kubeconfig", &format!("system:node:{NODE_NAME}"), &pki.node)?;
+    kc(
+        "pki/controller-manager.kubeconfig",
+        "system:kube-controller-manager",
+        &pki.controller_manager,
+    )?;
+    kc(
+        "pki/scheduler.kubeconfig",
+        "system:kube-scheduler",
+        &pki.scheduler,
+    )?;
+    kc(
+        "pki/node.kubeconfig",
+        &format!("system:node:{NODE_NAME}"),
+        &pki.node,
+    )?;
     let json = serde_json::to_vec_pretty(&info).expect("cluster info serializes");
     pki::write_private(&dir.join("cluster.json"), &json)?;
     step.ok();
@@ -402,9 +456,10 @@ async fn prepare_and_start(
         .stderr(err)
         .env("SA_LAB_HOME", paths::home());
     crate::sys::new_session(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(io_err(format!("starting {} supervise", paths::self_binary().display())))?;
+    let child = cmd.spawn().map_err(io_err(format!(
+        "starting {} supervise",
+        paths::self_binary().display()
+    )))?;
     let pid = child.id();
     // The supervisor is reaped by init once we exit; don't keep a zombie while
     // we wait: a thread waits for it.
@@ -539,7 +594,11 @@ fn stop_dir(name: &str, dir: &Path) -> Result<(), Error> {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let busy: Vec<u16> = info.ports().into_iter().filter(|p| port_listening(*p)).collect();
+        let busy: Vec<u16> = info
+            .ports()
+            .into_iter()
+            .filter(|p| port_listening(*p))
+            .collect();
         if busy.is_empty() {
             return Ok(());
         }

@@ -77,7 +77,9 @@ impl Supervisor {
         self.spawn(Component::Etcd)?;
         let etcd_port = self.info.etcd_port;
         if let Wait::Stop = self
-            .wait("etcd", &mut term, &mut int, async || etcd_healthy(etcd_port))
+            .wait("etcd", &mut term, &mut int, async || {
+                etcd_healthy(etcd_port)
+            })
             .await?
         {
             return Ok(());
@@ -88,7 +90,9 @@ impl Supervisor {
         let client = super::client_from(&self.info.kubeconfig).await?;
         let c = client.clone();
         if let Wait::Stop = self
-            .wait("kube-apiserver", &mut term, &mut int, async || readyz(&c).await)
+            .wait("kube-apiserver", &mut term, &mut int, async || {
+                readyz(&c).await
+            })
             .await?
         {
             return Ok(());
@@ -161,14 +165,21 @@ impl Supervisor {
 
     fn spawn(&mut self, component: Component) -> anyhow::Result<()> {
         let child = self.start_process(component)?;
-        self.running.push(Running { component, child, restarts: 0 });
+        self.running.push(Running {
+            component,
+            child,
+            restarts: 0,
+        });
         self.refresh_status();
         Ok(())
     }
 
     fn start_process(&self, component: Component) -> anyhow::Result<Child> {
         let (program, args) = component.command(&self.info);
-        let log_path = self.info.logs_dir().join(format!("{}.log", component.name()));
+        let log_path = self
+            .info
+            .logs_dir()
+            .join(format!("{}.log", component.name()));
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -216,7 +227,10 @@ impl Supervisor {
                     "ready" => "kube-controller-manager",
                     other => other,
                 };
-                return Err(self.fail(name, &format!("not ready after {}s", START_TIMEOUT.as_secs())));
+                return Err(self.fail(
+                    name,
+                    &format!("not ready after {}s", START_TIMEOUT.as_secs()),
+                ));
             }
             tokio::select! {
                 _ = term.recv() => return Ok(Wait::Stop),
@@ -227,10 +241,12 @@ impl Supervisor {
     }
 
     fn first_exited(&mut self) -> Option<(&'static str, String)> {
-        self.running.iter_mut().find_map(|r| match r.child.try_wait() {
-            Ok(Some(st)) => Some((r.component.name(), st.to_string())),
-            _ => None,
-        })
+        self.running
+            .iter_mut()
+            .find_map(|r| match r.child.try_wait() {
+                Ok(Some(st)) => Some((r.component.name(), st.to_string())),
+                _ => None,
+            })
     }
 
     fn fail(&mut self, component: &str, reason: &str) -> anyhow::Error {
@@ -301,7 +317,10 @@ impl Supervisor {
         }
         crate::node::kill_leftovers(&self.info.dir.join("node"));
         self.status.phase = "stopped".into();
-        self.status.components.iter_mut().for_each(|c| c.running = false);
+        self.status
+            .components
+            .iter_mut()
+            .for_each(|c| c.running = false);
         write_status(&self.info.dir, &self.status);
     }
 }
@@ -321,7 +340,9 @@ pub(crate) fn etcd_healthy(port: u16) -> bool {
 }
 
 async fn readyz(client: &kube::Client) -> bool {
-    let req = http::Request::get("/readyz").body(Vec::new()).expect("valid request");
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("valid request");
     client.request_text(req).await.is_ok()
 }
 
@@ -330,13 +351,21 @@ async fn cluster_ready(client: &kube::Client, node: &str) -> bool {
     let cm: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let cr: Api<ClusterRole> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
-    let Ok(Some(_)) = sa.get_opt("default").await else { return false };
-    let Ok(Some(_)) = cm.get_opt("kube-root-ca.crt").await else { return false };
-    let Ok(Some(view)) = cr.get_opt("view").await else { return false };
+    let Ok(Some(_)) = sa.get_opt("default").await else {
+        return false;
+    };
+    let Ok(Some(_)) = cm.get_opt("kube-root-ca.crt").await else {
+        return false;
+    };
+    let Ok(Some(view)) = cr.get_opt("view").await else {
+        return false;
+    };
     if view.rules.is_none_or(|r| r.is_empty()) {
         return false;
     }
-    let Ok(Some(n)) = nodes.get_opt(node).await else { return false };
+    let Ok(Some(n)) = nodes.get_opt(node).await else {
+        return false;
+    };
     n.status
         .and_then(|s| s.conditions)
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))

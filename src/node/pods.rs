@@ -1401,7 +1401,11 @@ fn term_from_exit(rec: ExitRecord, cdir: &Path, fallback_to_logs: bool, pid: Opt
     Term {
         exit_code: rec.exit_code,
         signal: rec.signal,
-        reason: if rec.exit_code == 0 { "Completed".into() } else { "Error".into() },
+        reason: if rec.exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
         message: (!message.is_empty()).then_some(message),
         started_at: parse_ts(&rec.started_at),
         finished_at,

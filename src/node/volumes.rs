@@ -361,7 +361,10 @@ where
         Ok(obj) => Ok(Some(obj)),
         Err(e) if optional && is_not_found(&e) => Ok(None),
         Err(e) if is_not_found(&e) => Err(format!("{kind} {name:?} not found")),
-        Err(e) => Err(format!("failed to fetch {kind} {name:?}: {}", api_message(&e))),
+        Err(e) => Err(format!(
+            "failed to fetch {kind} {name:?}: {}",
+            api_message(&e)
+        )),
     }
 }
 

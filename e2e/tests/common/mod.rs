@@ -167,7 +167,11 @@ fn kind_cluster() -> TestCluster {
         .and_then(|c| c.cluster.as_ref())
         .and_then(|c| c.server.clone())
         .expect("kind kubeconfig names a server");
-    let api_port = server.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(0);
+    let api_port = server
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or(0);
     let bin_dir = std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).find(|d| d.join("kubectl").is_file()))
         .or_else(|| sa_lab::binaries::find().ok())

@@ -298,6 +298,27 @@ impl Worker {
         let _ = self.ctx.events.send((self.obj_ref(field_path), ev));
     }
 
+    /// Waits out a retry backoff (25 ms, doubling, at most 5 s) while still
+    /// reacting to the Pod being deleted or gone, to shutdown, and to
+    /// container exits, as the kubelet's sync loop does.
+    async fn backoff(&mut self, failures: u32) -> Result<(), Exit> {
+        let sleep =
+            tokio::time::sleep(Duration::from_millis((25u64 << failures.min(8)).min(5_000)));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return Ok(()),
+                ev = self.next_event() => match ev {
+                    Ev::Gone => return Err(Exit::Gone),
+                    Ev::Shutdown => return Err(Exit::Shutdown),
+                    Ev::PodChanged if self.deleting() => return Err(Exit::Deleting),
+                    Ev::Exited(i, t) => self.on_exit(i, t),
+                    Ev::PodChanged => {}
+                }
+            }
+        }
+    }
+
     async fn next_event(&mut self) -> Ev {
         tokio::select! {
             Some((i, t)) = self.exit_rx.recv() => Ev::Exited(i, t),
@@ -502,21 +523,7 @@ impl Worker {
                         }
                         self.post_status().await;
                     }
-                    let backoff = Duration::from_millis((25u64 << failures.min(8)).min(5_000));
-                    let sleep = tokio::time::sleep(backoff);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            ev = self.next_event() => match ev {
-                                Ev::Gone => return Err(Exit::Gone),
-                                Ev::Shutdown => return Err(Exit::Shutdown),
-                                Ev::PodChanged if self.deleting() => return Err(Exit::Deleting),
-                                Ev::Exited(i, t) => self.on_exit(i, t),
-                                Ev::PodChanged => {}
-                            }
-                        }
-                    }
+                    self.backoff(failures).await?;
                 }
             }
         }
@@ -815,22 +822,7 @@ impl Worker {
                         }
                         self.post_status().await;
                     }
-                    let sleep = tokio::time::sleep(Duration::from_millis(
-                        (25u64 << failures.min(8)).min(5_000),
-                    ));
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            ev = self.next_event() => match ev {
-                                Ev::Gone => return Err(Exit::Gone),
-                                Ev::Shutdown => return Err(Exit::Shutdown),
-                                Ev::PodChanged if self.deleting() => return Err(Exit::Deleting),
-                                Ev::Exited(j, t) => self.on_exit(j, t),
-                                Ev::PodChanged => {}
-                            }
-                        }
-                    }
+                    self.backoff(failures).await?;
                 }
             }
         };

@@ -37,18 +37,6 @@ workspace_version() {
 image_tag() { printf '%s:%s\n' "${IMAGE_NAME}" "$(workspace_version)"; }
 
 # Fails with a clear message when the CLI is missing or has no engine behind it.
-require_engine() {
-  command -v "${DOCKER}" >/dev/null 2>&1 ||
-    die "${DOCKER} is not installed: the lab image is built with Docker (or podman: DOCKER=podman)" \
-      "install Docker Engine or Docker Desktop, then run this script again"
-  local err
-  if ! err="$("${DOCKER}" info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
-    die "the ${DOCKER} CLI is installed but no container engine answers" \
-      "start the engine (Docker Desktop, 'sudo systemctl start docker', or set DOCKER_HOST)" \
-      "${DOCKER} info said: ${err//$'\n'/ }"
-  fi
-}
-
 check_ref() {
   local ref="$1"
   [[ "${ref}" =~ ^[^[:space:]]+$ ]] || die "--image ${ref}: an image reference has no spaces"
@@ -101,7 +89,8 @@ main() {
   [[ "${push}" -eq 0 || -n "${extra_ref}" ]] ||
     die "--push needs --image REF: ${tag} is a local name; push a registry reference"
 
-  require_engine
+  require_engine "the lab image is built with Docker (or podman: DOCKER=podman)" \
+    "install Docker Engine or Docker Desktop, then run this script again"
   build "${tag}" "${version}"
   if [[ -n "${extra_ref}" ]]; then
     "${DOCKER}" tag "${tag}" "${extra_ref}"

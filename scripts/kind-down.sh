@@ -27,33 +27,13 @@ CLEANED_UP=0
 require_tools() {
   command -v "${KIND}" >/dev/null 2>&1 ||
     die "kind is not installed: nothing to delete with (see ${REPO_ROOT}/scripts/kind-up.sh --help)"
-  command -v "${DOCKER}" >/dev/null 2>&1 ||
-    die "${DOCKER} is not installed: kind clusters are Docker containers"
-  local err
-  if ! err="$("${DOCKER}" info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
-    die "the ${DOCKER} CLI is installed but no container engine answers: start it, then run this again" \
-      "${DOCKER} info said: ${err//$'\n'/ }"
-  fi
-}
-
-cluster_exists() {
-  "${KIND}" get clusters 2>/dev/null | grep -qx -- "$1"
+  require_engine "kind clusters are Docker containers" \
+    "install Docker Engine or Docker Desktop, then run this script again"
 }
 
 is_kind_dir() {
   local dir="$1"
   [[ -f "${dir}/provider" && "$(cat "${dir}/provider")" == "kind" ]]
-}
-
-save_logs() {
-  local name="$1" dest
-  dest="$(logs_dir "${name}")/$(date -u +%Y%m%dT%H%M%SZ)"
-  mkdir -p "${dest}"
-  if "${KIND}" export logs "${dest}" --name "${name}" >/dev/null 2>&1; then
-    ok "cluster logs saved to ${dest}"
-  else
-    warn "could not save the cluster's logs (kind export logs failed)"
-  fi
 }
 
 # Idempotent; on a failed run, says what may be left behind.
@@ -95,8 +75,8 @@ main() {
 
   local dir
   dir="$(cluster_dir "${name}")"
-  if cluster_exists "${name}"; then
-    [[ "${logs}" -eq 0 ]] || save_logs "${name}"
+  if kind_cluster_exists "${name}"; then
+    [[ "${logs}" -eq 0 ]] || save_kind_logs "${name}"
     log "deleting kind cluster ${name}"
     if is_kind_dir "${dir}"; then
       "${KIND}" delete cluster --name "${name}" --kubeconfig "${dir}/kubeconfig" >&2

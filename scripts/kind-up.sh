@@ -47,18 +47,6 @@ check_name() {
     die "invalid cluster name '$1': use lower-case letters, digits and '-'"
 }
 
-require_docker() {
-  command -v "${DOCKER}" >/dev/null 2>&1 ||
-    die "${DOCKER} is not installed: kind runs its nodes as Docker containers" \
-      "install Docker Engine or Docker Desktop; without Docker use the local provider: sa-lab up"
-  local err
-  if ! err="$("${DOCKER}" info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
-    die "the ${DOCKER} CLI is installed but no container engine answers" \
-      "start the engine (Docker Desktop, 'sudo systemctl start docker', or set DOCKER_HOST)" \
-      "${DOCKER} info said: ${err//$'\n'/ }"
-  fi
-}
-
 require_kind() {
   command -v "${KIND}" >/dev/null 2>&1 ||
     die "kind is not installed" \
@@ -88,10 +76,6 @@ check_config_minor() {
   [[ "${node_minor}" == "${local_minor}" ]] ||
     die "kind/cluster.yaml runs Kubernetes 1.${node_minor} but the local provider pins ${local_version}" \
       "keep both on the same minor"
-}
-
-cluster_exists() {
-  "${KIND}" get clusters 2>/dev/null | grep -qx -- "$1"
 }
 
 # A clusters/<name> directory that is not ours belongs to the local provider:
@@ -160,17 +144,6 @@ export_to_default() {
   ok "exported context kind-${name} to your default kubeconfig (${KUBECONFIG:-~/.kube/config})"
 }
 
-save_logs() {
-  local name="$1" dest
-  dest="$(logs_dir "${name}")/$(date -u +%Y%m%dT%H%M%SZ)"
-  mkdir -p "${dest}"
-  if "${KIND}" export logs "${dest}" --name "${name}" >/dev/null 2>&1; then
-    warn "cluster logs saved to ${dest}"
-  else
-    warn "could not save the cluster's logs (kind export logs failed)"
-  fi
-}
-
 # Idempotent: runs once, on any exit.
 cleanup() {
   local rc=$?
@@ -180,9 +153,9 @@ cleanup() {
     return 0
   fi
   local exists=0
-  if cluster_exists "${CLUSTER_NAME}"; then
+  if kind_cluster_exists "${CLUSTER_NAME}"; then
     exists=1
-    save_logs "${CLUSTER_NAME}"
+    save_kind_logs "${CLUSTER_NAME}"
   fi
   if [[ "${CLUSTER_CREATED}" -eq 1 && "${KEEP_ON_FAILURE}" -eq 0 ]]; then
     if [[ "${exists}" -eq 1 ]]; then
@@ -221,7 +194,8 @@ main() {
   umask 077
 
   check_config_minor
-  require_docker
+  require_engine "kind runs its nodes as Docker containers" \
+    "install Docker Engine or Docker Desktop; without Docker use the local provider: sa-lab up"
   require_kind
 
   local dir kubeconfig
@@ -231,11 +205,11 @@ main() {
   trap cleanup EXIT
   claim_cluster_dir "${dir}"
 
-  if cluster_exists "${name}" && [[ "${recreate}" -eq 1 ]]; then
+  if kind_cluster_exists "${name}" && [[ "${recreate}" -eq 1 ]]; then
     log "deleting kind cluster ${name} (--recreate)"
     "${KIND}" delete cluster --name "${name}" --kubeconfig "${kubeconfig}" >&2
   fi
-  if cluster_exists "${name}"; then
+  if kind_cluster_exists "${name}"; then
     ok "reusing kind cluster ${name}"
   else
     create_cluster "${name}" "${kubeconfig}"

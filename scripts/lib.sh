@@ -34,3 +34,33 @@ state_dir() {
 
 cluster_dir() { printf '%s/clusters/%s\n' "$(state_dir)" "$1"; }
 logs_dir() { printf '%s/logs/kind-%s\n' "$(state_dir)" "$1"; }
+
+# require_engine WHY HINT: the container CLI ($DOCKER, default docker) is
+# installed and an engine answers; else say WHY it is needed and HINT.
+require_engine() {
+  local why="$1" hint="$2" err
+  command -v "${DOCKER:-docker}" >/dev/null 2>&1 ||
+    die "${DOCKER:-docker} is not installed: ${why}" "${hint}"
+  if ! err="$("${DOCKER:-docker}" info --format '{{.ServerVersion}}' 2>&1 >/dev/null)"; then
+    die "the ${DOCKER:-docker} CLI is installed but no container engine answers" \
+      "start the engine (Docker Desktop, 'sudo systemctl start docker', or set DOCKER_HOST)" \
+      "${DOCKER:-docker} info said: ${err//$'\n'/ }"
+  fi
+}
+
+# Is there a kind cluster named $1? ($KIND, default kind.)
+kind_cluster_exists() {
+  "${KIND:-kind}" get clusters 2>/dev/null | grep -qx -- "$1"
+}
+
+# Saves kind cluster $1's logs under logs_dir, in a directory per run.
+save_kind_logs() {
+  local name="$1" dest
+  dest="$(logs_dir "${name}")/$(date -u +%Y%m%dT%H%M%SZ)"
+  mkdir -p "${dest}"
+  if "${KIND:-kind}" export logs "${dest}" --name "${name}" >/dev/null 2>&1; then
+    ok "cluster logs saved to ${dest}"
+  else
+    warn "could not save the cluster's logs (kind export logs failed)"
+  fi
+}

@@ -2,44 +2,14 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
-
-fn sa_lab() -> Command {
-    Command::new(sa_lab::paths::self_binary())
-}
-
-fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = sa_lab();
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running sa-lab")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            text.contains(needle).then_some(text)
-        })
-        .collect()
-}
+use common::{TestCluster, processes_mentioning, sa_lab, sa_lab_cmd, stderr};
 
 #[test]
 fn unknown_chapter_lists_the_real_ones() {
-    let out = run(&["run", "42"], &[]);
+    let out = sa_lab(&["run", "42"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("unknown chapter \"42\""), "{err}");
@@ -53,7 +23,7 @@ fn unknown_chapter_lists_the_real_ones() {
         assert!(err.contains(slug), "the error must list {slug}: {err}");
     }
     // Twin: a real chapter name is accepted by `list`.
-    let out = run(&["list"], &[]);
+    let out = sa_lab(&["list"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("03-rolebinding"));
 }
 
@@ -74,7 +44,7 @@ fn an_unreachable_cluster_is_named() {
         ),
     )
     .unwrap();
-    let out = run(
+    let out = sa_lab(
         &[
             "run",
             "01",
@@ -99,7 +69,7 @@ async fn run_prints_json_rows_and_reruns_safely() {
     let c = TestCluster::start("cli-run").await;
     let name = c.info.name.clone();
     for attempt in 0..2 {
-        let out = run(&["run", "04", "-o", "json", "--name", &name], &[]);
+        let out = sa_lab(&["run", "04", "-o", "json", "--name", &name], &[]);
         assert!(out.status.success(), "attempt {attempt}: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         let rows = v["rows"].as_array().expect("rows");
@@ -128,7 +98,7 @@ async fn run_prints_json_rows_and_reruns_safely() {
         );
     }
     // The table form shows expected and actual columns.
-    let out = run(&["run", "default-sa", "--name", &name], &[]);
+    let out = sa_lab(&["run", "default-sa", "--name", &name], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -142,7 +112,7 @@ fn tour_runs_every_chapter_and_tears_down() {
     if !common::binaries_present() {
         return;
     }
-    let out = run(&["tour", "-o", "json"], &[]);
+    let out = sa_lab(&["tour", "-o", "json"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["passed"], true);
@@ -165,7 +135,7 @@ fn ctrl_c_during_the_tour_tears_the_cluster_down() {
     if !common::binaries_present() {
         return;
     }
-    let mut child = sa_lab()
+    let mut child = sa_lab_cmd()
         .args(["tour"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -210,7 +180,7 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
         return;
     }
     let name = common::unique("intr");
-    let child = sa_lab()
+    let child = sa_lab_cmd()
         .args(["up", "--name", &name])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -246,7 +216,7 @@ async fn a_lab_pod_that_never_starts_shows_its_events() {
     let name = c.info.name.clone();
     // No node will take the Pod: it stays Pending, unscheduled.
     c.kubectl_ok(&["cordon", "sandbox-node"]);
-    let out = run(&["run", "01", "--name", &name, "--timeout", "5"], &[]);
+    let out = sa_lab(&["run", "01", "--name", &name, "--timeout", "5"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("did not finish within 5s"), "{err}");
@@ -257,7 +227,7 @@ async fn a_lab_pod_that_never_starts_shows_its_events() {
     );
     // Twin: once the node takes Pods again, the same chapter passes.
     c.kubectl_ok(&["uncordon", "sandbox-node"]);
-    let out = run(&["run", "01", "--name", &name], &[]);
+    let out = sa_lab(&["run", "01", "--name", &name], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -283,7 +253,7 @@ async fn credentials_without_permissions_are_refused_clearly() {
         ),
     )
     .unwrap();
-    let out = run(
+    let out = sa_lab(
         &["run", "01", "--provider", "current"],
         &[("KUBECONFIG", kc.to_str().unwrap())],
     );
@@ -299,7 +269,7 @@ async fn credentials_without_permissions_are_refused_clearly() {
         "the token must never be printed"
     );
     // Twin: the admin kubeconfig of the same cluster, as `current`, runs it.
-    let out = run(
+    let out = sa_lab(
         &["run", "01", "--provider", "current"],
         &[("KUBECONFIG", c.info.kubeconfig.to_str().unwrap())],
     );

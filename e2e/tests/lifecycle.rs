@@ -3,30 +3,18 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::{TestCluster, binaries_present, unique};
+use common::{TestCluster, binaries_present, processes_mentioning, sa_lab, stderr, unique};
 use sa_lab::local::{self, ClusterInfo};
 
-/// Pids of processes that belong to the cluster: its supervisor and every
-/// component (their command lines name the cluster directory).
-fn cluster_pids(info: &ClusterInfo) -> Vec<u32> {
-    let dir = info.dir.display().to_string();
-    let sup = format!("supervise\0--name\0{}\0", info.name);
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmd);
-        if text.contains(&dir) || text.contains(&sup) {
-            pids.push(pid);
-        }
-    }
-    pids
+/// Processes that belong to the cluster: its supervisor and every component
+/// (their command lines name the cluster directory).
+fn cluster_pids(info: &ClusterInfo) -> Vec<(u32, String)> {
+    let mut found = processes_mentioning(&info.dir.display().to_string());
+    found.extend(processes_mentioning(&format!(
+        "supervise --name {} ",
+        info.name
+    )));
+    found
 }
 
 fn assert_gone(info: &ClusterInfo) {
@@ -44,19 +32,6 @@ fn assert_gone(info: &ClusterInfo) {
         );
     }
     assert!(!info.dir.exists(), "{} still exists", info.dir.display());
-}
-
-fn sa_lab(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(sa_lab::paths::self_binary());
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running sa-lab")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[tokio::test]
@@ -259,18 +234,6 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
         "nothing half-made"
     );
     // etcd, started before the crash, is gone too.
-    let leftover: Vec<_> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&format!("clusters/{name}/")))
-                .unwrap_or(false)
-        })
-        .collect();
-    assert!(
-        leftover.is_empty(),
-        "processes left: {:?}",
-        leftover.iter().map(|e| e.path()).collect::<Vec<_>>()
-    );
+    let leftover = processes_mentioning(&format!("clusters/{name}/"));
+    assert!(leftover.is_empty(), "processes left: {leftover:?}");
 }

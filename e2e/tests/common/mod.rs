@@ -192,3 +192,37 @@ fn kind_cluster() -> TestCluster {
     };
     TestCluster { info, owned: false }
 }
+
+/// The built `sa-lab` command.
+pub fn sa_lab_cmd() -> Command {
+    Command::new(sa_lab::paths::self_binary())
+}
+
+/// Runs `sa-lab ARGS` with extra environment and waits for it.
+pub fn sa_lab(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = sa_lab_cmd();
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running sa-lab")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Live processes whose command line (arguments joined by spaces, with a
+/// trailing space) contains `needle`, as (pid, command line).
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            text.contains(needle).then_some((pid, text))
+        })
+        .collect()
+}

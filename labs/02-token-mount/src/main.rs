@@ -88,11 +88,7 @@ async fn run(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A raw GET of /api/v1/namespaces/production/pods, as a report row.
 fn pods_row(id: &str, status: u16, message: &str) -> ProbeRow {
-    ProbeRow {
-        verb: "list".into(),
-        resource: "pods".into(),
-        namespace: "production".into(),
-        ..ProbeRow::simple(id, Outcome::from_status(status), Some(status), message)
-    }
+    ProbeRow::http(id, "list", "pods", "production", status, message)
 }

@@ -92,11 +92,7 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
     Ok(())
 }
 
+/// A raw GET of /api/v1/namespaces/production/pods, as a report row.
 fn pods_row(id: &str, status: u16, message: &str) -> ProbeRow {
-    ProbeRow {
-        verb: "list".into(),
-        resource: "pods".into(),
-        namespace: "production".into(),
-        ..ProbeRow::simple(id, Outcome::from_status(status), Some(status), message)
-    }
+    ProbeRow::http(id, "list", "pods", "production", status, message)
 }

@@ -53,6 +53,24 @@ pub struct ProbeRow {
 }
 
 impl ProbeRow {
+    /// A row for a request sent by hand (not through a kube client): `verb`
+    /// on `resource` in `namespace`, classified by its HTTP status.
+    pub fn http(
+        id: &str,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        status: u16,
+        message: &str,
+    ) -> ProbeRow {
+        ProbeRow {
+            verb: verb.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            ..ProbeRow::simple(id, Outcome::from_status(status), Some(status), message)
+        }
+    }
+
     /// A row that is not a resource request (a file check, a raw GET...).
     pub fn simple(id: &str, actual: Outcome, status: Option<u16>, message: &str) -> ProbeRow {
         ProbeRow {

@@ -166,8 +166,6 @@ pub struct Status {
     /// Set when start-up failed; the supervisor then stops everything.
     pub error: Option<String>,
     pub components: Vec<ComponentStatus>,
-    /// Seconds from supervisor start to ready.
-    pub ready_after_secs: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

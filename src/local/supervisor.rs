@@ -113,7 +113,6 @@ impl Supervisor {
             return Ok(());
         }
         self.status.ready = true;
-        self.status.ready_after_secs = Some(self.started.elapsed().as_secs_f64());
         self.phase("ready");
         eprintln!(
             "supervisor: cluster ready after {:.2}s",
@@ -125,18 +124,18 @@ impl Supervisor {
     fn write_node_options(&self) -> anyhow::Result<()> {
         let i = &self.info;
         let pki = i.pki_dir();
-        let opts = serde_json::json!({
-            "name": i.node_name,
-            "kubeconfig": pki.join("node.kubeconfig"),
-            "work_dir": i.dir.join("node"),
-            "labs_dir": i.labs_dir,
-            "api_host": "127.0.0.1",
-            "api_port": i.api_port,
-            "kubelet_port": i.kubelet_port,
-            "serving_cert": pki.join("node-serving.crt"),
-            "serving_key": pki.join("node-serving.key"),
-            "lab_image": crate::LAB_IMAGE,
-        });
+        let opts = crate::node::NodeOptions {
+            name: i.node_name.clone(),
+            kubeconfig: pki.join("node.kubeconfig"),
+            work_dir: i.dir.join("node"),
+            labs_dir: i.labs_dir.clone(),
+            api_host: "127.0.0.1".into(),
+            api_port: i.api_port,
+            kubelet_port: i.kubelet_port,
+            serving_cert: pki.join("node-serving.crt"),
+            serving_key: pki.join("node-serving.key"),
+            lab_image: crate::LAB_IMAGE.into(),
+        };
         let path = i.dir.join("node/options.json");
         crate::pki::write_private(&path, serde_json::to_string_pretty(&opts)?.as_bytes())?;
         Ok(())

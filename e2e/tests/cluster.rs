@@ -11,6 +11,7 @@ use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::await_condition;
 use serde_json::json;
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -220,16 +221,21 @@ async fn token_request_identity_and_rbac() {
     assert_eq!(cl["iss"], "https://kubernetes.default.svc.cluster.local");
 
     let ca = {
+        // The root-ca publisher fills the new namespace: wait on a watch.
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let mut found = None;
-        for _ in 0..100 {
-            if let Ok(Some(cm)) = cms.get_opt("kube-root-ca.crt").await {
-                found = cm.data.and_then(|d| d.get("ca.crt").cloned());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        found.expect("kube-root-ca.crt in the new namespace")
+        let cm = tokio::time::timeout(
+            Duration::from_secs(10),
+            await_condition(cms, "kube-root-ca.crt", |cm: Option<&ConfigMap>| {
+                cm.is_some()
+            }),
+        )
+        .await
+        .expect("kube-root-ca.crt in the new namespace within 10s")
+        .expect("watching kube-root-ca.crt")
+        .expect("the ConfigMap");
+        cm.data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .expect("kube-root-ca.crt holds ca.crt")
     };
     let sa_client = token_client(&c.info.server, &ca, &jwt);
     let user = whoami(&sa_client)
@@ -248,10 +254,15 @@ async fn token_request_identity_and_rbac() {
         assert!(groups.iter().any(|x| x == g), "groups {groups:?} lack {g}");
     }
 
-    // A corrupted token is not a valid identity: 401.
-    let mut bad = jwt.clone();
-    let last = bad.pop().unwrap();
-    bad.push(if last == 'A' { 'B' } else { 'A' });
+    // A corrupted token is not a valid identity: 401. The corruption
+    // always changes the signed bytes (see lab_kit::jwt::corrupt): flipping
+    // the *last* base64url character of an ES256 signature may change only
+    // padding bits, which decode to the same signature.
+    let bad = lab_kit::jwt::corrupt(&jwt);
+    assert_ne!(
+        lab_kit::jwt::signature_bytes(&bad).unwrap(),
+        lab_kit::jwt::signature_bytes(&jwt).unwrap()
+    );
     match whoami(&token_client(&c.info.server, &ca, &bad)).await {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 401, "{s:?}"),
         other => panic!("corrupted token must get 401, got {other:?}"),

@@ -17,18 +17,38 @@ pub fn decode_payload(token: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// A copy of `token` with its signature corrupted (still well formed).
+/// The signature of a compact JWT, decoded.
+pub fn signature_bytes(token: &str) -> anyhow::Result<Vec<u8>> {
+    let sig = token
+        .trim()
+        .rsplit_once('.')
+        .map(|(_, s)| s)
+        .ok_or_else(|| anyhow::anyhow!("not a JWT: no signature part"))?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|e| anyhow::anyhow!("JWT signature is not base64url: {e}"))
+}
+
+/// A copy of `token` whose signature decodes to different bytes (one bit
+/// of its middle byte flipped), so no verifier can accept it. Flipping a
+/// base64 *character* is not enough: the last character of an ES256
+/// signature carries padding bits, and changing only those decodes to the
+/// same signature. A token whose signature cannot be decoded is returned
+/// with one more character, which no verifier accepts either.
 pub fn corrupt(token: &str) -> String {
     let token = token.trim();
-    let mut chars: Vec<char> = token.chars().collect();
-    // Flip a character in the middle of the signature.
-    if let Some(dot) = token.rfind('.') {
-        let i = dot + 1 + (chars.len() - dot - 1) / 2;
-        if let Some(c) = chars.get_mut(i) {
-            *c = if *c == 'A' { 'B' } else { 'A' };
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let Some((signed, _)) = token.rsplit_once('.') else {
+        return format!("{token}A");
+    };
+    match signature_bytes(token) {
+        Ok(mut sig) if !sig.is_empty() => {
+            let i = sig.len() / 2;
+            sig[i] ^= 0x01;
+            format!("{signed}.{}", engine.encode(sig))
         }
+        _ => format!("{token}A"),
     }
-    chars.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -47,10 +67,30 @@ mod tests {
 
     #[test]
     fn corrupt_changes_signature_only() {
-        let t = "aaa.bbb.cccccc";
-        let c = corrupt(t);
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let t = format!("aaa.bbb.{}", engine.encode([1u8, 2, 3, 4, 5, 6]));
+        let c = corrupt(&t);
         assert_ne!(c, t);
         assert!(c.starts_with("aaa.bbb."));
         assert_eq!(c.len(), t.len());
+        // A signature that is not base64url still comes back refused-looking.
+        assert_ne!(corrupt("aaa.bbb.c"), "aaa.bbb.c");
+    }
+
+    #[test]
+    fn corrupt_always_changes_the_signed_bytes() {
+        // An ES256 signature is 64 bytes: 86 base64url characters, the
+        // last of which holds 2 data bits and 4 padding bits. Whatever the
+        // signature's bytes (and so its last character), the corrupted one
+        // decodes to different bytes.
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for last in 0..=255u8 {
+            let mut sig = [7u8; 64];
+            sig[63] = last;
+            let token = format!("h.p.{}", engine.encode(sig));
+            let bad = corrupt(&token);
+            assert_ne!(signature_bytes(&bad).unwrap(), sig.to_vec(), "{token}");
+            assert_eq!(bad.len(), token.len());
+        }
     }
 }

@@ -21,6 +21,13 @@ pub enum Outcome {
     Forbidden,
     /// 401: the server does not know who you are.
     Unauthorized,
+    /// 422: the request was understood and refused as invalid.
+    Invalid,
+    /// 404: no such object (or API).
+    #[serde(rename = "not found")]
+    NotFound,
+    /// 409: the object exists, or changed meanwhile.
+    Conflict,
     /// Anything else, including "no credentials at all".
     Error,
 }
@@ -33,6 +40,9 @@ impl Outcome {
             200..=299 => Outcome::Allowed,
             401 => Outcome::Unauthorized,
             403 => Outcome::Forbidden,
+            404 => Outcome::NotFound,
+            409 => Outcome::Conflict,
+            422 => Outcome::Invalid,
             _ => Outcome::Error,
         }
     }
@@ -46,6 +56,9 @@ impl Outcome {
             Outcome::Allowed => "allowed",
             Outcome::Forbidden => "forbidden",
             Outcome::Unauthorized => "unauthorized",
+            Outcome::Invalid => "invalid",
+            Outcome::NotFound => "not found",
+            Outcome::Conflict => "conflict",
             Outcome::Error => "error",
         }
     }
@@ -56,6 +69,9 @@ impl Outcome {
             "allowed" => Outcome::Allowed,
             "forbidden" => Outcome::Forbidden,
             "unauthorized" => Outcome::Unauthorized,
+            "invalid" => Outcome::Invalid,
+            "not found" => Outcome::NotFound,
+            "conflict" => Outcome::Conflict,
             "error" => Outcome::Error,
             _ => return None,
         })
@@ -341,7 +357,16 @@ mod tests {
         assert_eq!(Outcome::from_status(201), Outcome::Allowed);
         assert_eq!(Outcome::from_status(401), Outcome::Unauthorized);
         assert_eq!(Outcome::from_status(403), Outcome::Forbidden);
-        assert_eq!(Outcome::from_status(404), Outcome::Error);
+        assert_eq!(Outcome::from_status(404), Outcome::NotFound);
+        assert_eq!(Outcome::from_status(422), Outcome::Invalid);
+        for o in [
+            Outcome::Allowed,
+            Outcome::NotFound,
+            Outcome::Conflict,
+            Outcome::Error,
+        ] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
         assert_eq!(Outcome::from_status(500), Outcome::Error);
         assert_eq!(Outcome::parse("forbidden"), Some(Outcome::Forbidden));
         assert_eq!(Outcome::Unauthorized.to_string(), "unauthorized");

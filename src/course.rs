@@ -1,145 +1,51 @@
-//! Running chapters for a learner: connect to the chosen provider's cluster
-//! (starting a local one if needed), refuse clusters that do not enforce
-//! RBAC, run chapters, and the whole tour on a fresh local cluster.
+//! Running chapters for a learner: one chapter on a cluster the provider
+//! module reached, or the whole tour on a fresh local cluster.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::chapters::{self, Chapter, ChapterResult, RunOptions};
+use crate::chapters::{self, Chapter, ChapterResult, RunContext};
 use crate::local;
-use crate::provider::{self, Provider};
+use crate::provider::Connection;
 
-/// Where to run chapters.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectOptions {
-    /// `--provider`; else `$SA_LAB_PROVIDER`; else local.
-    pub provider: Option<Provider>,
-    /// Local: the cluster name (else `$SA_LAB_CLUSTER`, else `sa-lab`).
-    /// Kind: the kind cluster name.
-    pub name: Option<String>,
-    /// Current: a kubeconfig context other than the current one.
-    pub context: Option<String>,
-    /// `--image` (kind/current only).
-    pub image: Option<String>,
+/// Why the tour could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its cluster could not be started, reached or stopped.
+    #[error(transparent)]
+    Local(#[from] local::Error),
+    /// Its cluster's kubeconfig gave no client.
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::kubeconfig::LoadError),
+    /// A chapter could not run.
+    #[error(transparent)]
+    Chapter(#[from] chapters::Error),
+    /// Ctrl-C arrived.
+    #[error("interrupted (Ctrl-C); the tour's cluster was removed")]
+    Interrupted,
+    /// A signal handler could not be installed.
+    #[error("installing a Ctrl-C handler")]
+    Signal(#[source] std::io::Error),
 }
 
-/// A cluster ready for chapters.
-pub struct Target {
-    pub provider: Provider,
-    pub client: kube::Client,
-    /// The admin config (lets chapter 2 send a stale token itself).
-    pub config: Option<kube::Config>,
-    pub image: String,
-    /// Human description: which cluster this is.
-    pub describe: String,
-}
-
-/// Connects to the cluster chapters should run on. For the local provider a
-/// cluster that is not running is started (and left running).
-pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Target> {
-    let provider = provider::select_from_env(opts.provider)?;
-    let image = provider::select_image_from_env(provider, opts.image.as_deref())?;
-    match provider {
-        Provider::Local => {
-            let name = opts
-                .name
-                .clone()
-                .or_else(local::env_cluster_name)
-                .unwrap_or_else(|| local::DEFAULT_NAME.to_string());
-            let info = if local::running_pid(&name).is_some() {
-                local::load(&name)?
-            } else {
-                eprintln!(
-                    "No local cluster {name:?} is running; starting one \
-                     (stop it later with `sa-lab down --name {name}`)."
-                );
-                local::up_interruptible(&local::UpOptions {
-                    name: name.clone(),
-                    api_port: None,
-                })
-                .await?
-            };
-            let config = local_config(&info).await?;
-            let client = kube::Client::try_from(config.clone())?;
-            reachable(
-                &client,
-                &format!("local cluster {name:?} ({})", info.server),
-                &format!(
-                    "check it with `sa-lab status --name {name}`, or restart it with \
-                 `sa-lab down --name {name} && sa-lab up --name {name}`"
-                ),
-            )
-            .await?;
-            Ok(Target {
-                provider,
-                client,
-                config: Some(config),
-                image,
-                describe: format!("local cluster {name:?} ({})", info.server),
-            })
-        }
-        Provider::Kind | Provider::Current => {
-            let kind_name = provider::kind_cluster_name(
-                opts.name.as_deref(),
-                std::env::var("SA_LAB_KIND_CLUSTER").ok().as_deref(),
-            );
-            let mut copts = provider::ClientOptions::new(&kind_name);
-            copts.context = opts.context.clone();
-            let conn = provider::client(provider, &copts).await?;
-            let describe = format!(
-                "{provider} cluster (context {}, {})",
-                conn.context, conn.kubeconfig
-            );
-            reachable(
-                &conn.client,
-                &describe,
-                "check the kubeconfig and that the cluster is running",
-            )
-            .await?;
-            provider::preflight(&conn.client)
-                .await
-                .context("refusing to teach on this cluster")?;
-            Ok(Target {
-                provider,
-                client: conn.client,
-                config: None,
-                image,
-                describe,
-            })
-        }
+/// The run context for `conn`.
+pub fn context(conn: &Connection, timeout: Duration) -> RunContext {
+    RunContext {
+        client: conn.client.clone(),
+        config: conn.config.clone(),
+        image: conn.image.clone(),
+        timeout,
     }
 }
 
-async fn local_config(info: &local::ClusterInfo) -> anyhow::Result<kube::Config> {
-    let kc = kube::config::Kubeconfig::read_from(&info.kubeconfig)?;
-    Ok(
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?,
-    )
-}
-
-async fn reachable(client: &kube::Client, what: &str, hint: &str) -> anyhow::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => bail!("no cluster reachable: {what} answered {e}; {hint}"),
-        Err(_) => bail!("no cluster reachable: {what} did not answer within 10s; {hint}"),
-    }
-}
-
-/// Runs one chapter on `target`.
+/// Runs one chapter on the cluster `conn` reaches.
 pub async fn run(
-    target: &Target,
+    conn: &Connection,
     chapter: &Chapter,
     timeout: Duration,
-) -> anyhow::Result<ChapterResult> {
-    let opts = RunOptions {
-        image: target.image.clone(),
-        timeout,
-        config: target.config.clone(),
-    };
-    chapters::run_chapter(&target.client, chapter, &opts).await
+) -> Result<ChapterResult, chapters::Error> {
+    chapters::run_chapter(&context(conn, timeout), chapter).await
 }
 
 /// One chapter's line in the tour summary.
@@ -169,28 +75,28 @@ pub struct TourReport {
 pub async fn tour(
     timeout: Duration,
     mut each: impl FnMut(&TourEntry),
-) -> anyhow::Result<TourReport> {
+) -> Result<TourReport, Error> {
     let start = Instant::now();
     let name = format!("tour-{}", std::process::id());
     // Installed before bring-up, so no Ctrl-C is ever lost between the two.
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(Error::Signal)?;
     let info = local::up_interruptible(&local::UpOptions {
         name: name.clone(),
         api_port: None,
     })
     .await?;
     let body = async {
-        let config = local_config(&info).await?;
-        let target = Target {
-            provider: Provider::Local,
-            client: kube::Client::try_from(config.clone())?,
-            config: Some(config),
+        let admin = info.connect().await?;
+        let cx = RunContext {
+            client: admin.client,
+            config: admin.config,
             image: crate::LAB_IMAGE.to_string(),
-            describe: format!("local cluster {name:?}"),
+            timeout,
         };
         let mut entries = Vec::new();
         for chapter in chapters::catalog() {
-            let entry = match run(&target, chapter, timeout).await {
+            let entry = match chapters::run_chapter(&cx, chapter).await {
                 Ok(r) => TourEntry {
                     chapter: chapter.slug.to_string(),
                     passed: r.passed(),
@@ -204,21 +110,28 @@ pub async fn tour(
                     passed: false,
                     rows: 0,
                     mismatches: 0,
-                    error: Some(format!("{e:#}")),
+                    error: Some(crate::ui::error_chain(&e)),
                     result: None,
                 },
             };
             each(&entry);
             entries.push(entry);
         }
-        anyhow::Ok(entries)
+        Ok::<_, Error>(entries)
     };
     let outcome = tokio::select! {
         r = body => r,
-        _ = int.recv() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the tour's cluster is being removed")),
+        _ = int.recv() => Err(Error::Interrupted),
     };
     let step = crate::ui::Step::start(format!("Stopping and removing cluster {name:?}"));
-    let down = tokio::task::spawn_blocking(move || local::down(&name)).await?;
+    let down = tokio::task::spawn_blocking(move || local::down(&name))
+        .await
+        .unwrap_or_else(|e| {
+            Err(local::Error::StopFailed {
+                name: info.name.clone(),
+                what: format!("the tear-down task failed: {e}"),
+            })
+        });
     match &down {
         Ok(()) => step.ok(),
         Err(_) => step.fail(),
@@ -237,7 +150,9 @@ impl TourReport {
     /// The summary table.
     pub fn summary(&self) -> String {
         let mut t = comfy_table::Table::new();
-        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
+            .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+            .set_width(chapters::render::width());
         t.set_header(vec!["CHAPTER", "RESULT", "ROWS", "MISMATCHES"]);
         for e in &self.chapters {
             let result = match (&e.error, e.passed) {

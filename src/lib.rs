@@ -12,10 +12,12 @@ pub mod chapters;
 pub mod course;
 pub mod kubeconfig;
 pub mod local;
+pub mod manifest;
 pub mod node;
 pub mod paths;
 pub mod pki;
 pub mod provider;
+pub mod rbac;
 pub mod sys;
 pub mod ui;
 

@@ -2,10 +2,11 @@
 //! print the allowed/forbidden matrix.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sa_lab::provider::Provider;
+use sa_lab::provider::{self, Provider};
 use sa_lab::{chapters, course, local};
 
 #[derive(Parser)]
@@ -35,21 +36,25 @@ enum Cmd {
     /// Start a local cluster (real control plane + sandbox node) and print
     /// the `export KUBECONFIG=...` line.
     Up {
-        /// Cluster name (one directory of state per name).
-        #[arg(long, default_value = local::DEFAULT_NAME)]
-        name: String,
+        /// Cluster name (one directory of state per name; default sa-lab,
+        /// or sa-lab-kind on kind).
+        #[arg(long)]
+        name: Option<String>,
         /// API server port on 127.0.0.1 (default: a free port).
         #[arg(long)]
         api_port: Option<u16>,
-        /// local (default) or kind (runs scripts/kind-up.sh; needs Docker).
+        /// local (default) or kind (runs scripts/kind-up.sh). Also
+        /// $SA_LAB_PROVIDER.
         #[arg(long)]
         provider: Option<Provider>,
     },
     /// Stop every process of a local cluster and remove its state.
     Down {
-        #[arg(long, default_value = local::DEFAULT_NAME)]
-        name: String,
-        /// local (default) or kind (runs scripts/kind-down.sh).
+        /// Cluster name (default sa-lab, or sa-lab-kind on kind).
+        #[arg(long)]
+        name: Option<String>,
+        /// local (default) or kind (runs scripts/kind-down.sh). Also
+        /// $SA_LAB_PROVIDER.
         #[arg(long)]
         provider: Option<Provider>,
     },
@@ -156,7 +161,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", sa_lab::ui::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -165,38 +170,24 @@ fn main() -> ExitCode {
 async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
     match command {
         Cmd::Up {
-            provider: Some(Provider::Kind),
+            provider,
             name,
-            ..
-        } => kind_script("kind-up.sh", &name),
-        Cmd::Down {
-            provider: Some(Provider::Kind),
-            name,
-        } => kind_script("kind-down.sh", &name),
-        Cmd::Up {
-            provider: Some(Provider::Current),
-            ..
-        }
-        | Cmd::Down {
-            provider: Some(Provider::Current),
-            ..
+            api_port,
         } => {
-            anyhow::bail!(
-                "the current provider is your kubeconfig's cluster: sa-lab does not start or stop it"
-            )
-        }
-        Cmd::Up { name, api_port, .. } => {
-            let info = local::up_interruptible(&local::UpOptions { name, api_port }).await?;
-            eprintln!(
-                "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
-                info.name, info.server
-            );
-            print_env(&info);
-            eprintln!("Stop it with: sa-lab down --name {}", info.name);
+            if let provider::Started::Local(info) =
+                provider::up(provider, name.as_deref(), api_port).await?
+            {
+                eprintln!(
+                    "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
+                    info.name, info.server
+                );
+                print_env(&info);
+                eprintln!("Stop it with: sa-lab down --name {}", info.name);
+            }
             Ok(true)
         }
-        Cmd::Down { name, .. } => {
-            local::down(&name)?;
+        Cmd::Down { provider, name } => {
+            let name = provider::down(provider, name.as_deref())?;
             eprintln!("Cluster {name:?} stopped and removed.");
             Ok(true)
         }
@@ -232,7 +223,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             timeout,
         } => {
             let chapter = chapters::find(&chapter)?;
-            let target = course::connect(&course::ConnectOptions {
+            let conn = provider::connect(&provider::ConnectOptions {
                 provider,
                 name,
                 context,
@@ -241,10 +232,9 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             .await?;
             eprintln!(
                 "Running chapter {:02} ({}) on {}",
-                chapter.number, chapter.slug, target.describe
+                chapter.number, chapter.slug, conn.describe
             );
-            let result =
-                course::run(&target, chapter, std::time::Duration::from_secs(timeout)).await?;
+            let result = course::run(&conn, chapter, Duration::from_secs(timeout)).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
                 Output::Table => println!("{}", chapters::render_table(&result)),
@@ -255,7 +245,7 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             Ok(result.passed())
         }
         Cmd::Tour { output, timeout } => {
-            let report = course::tour(std::time::Duration::from_secs(timeout), |entry| {
+            let report = course::tour(Duration::from_secs(timeout), |entry| {
                 if let Output::Table = output {
                     match (&entry.result, &entry.error) {
                         (Some(r), _) => println!("{}\n", chapters::render_table(r)),
@@ -274,42 +264,6 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
         Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
         Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
     }
-}
-
-/// An error chain on one line. An API error ends the chain as "the API
-/// server answered CODE MESSAGE": kube's own Display of it repeats the
-/// status in Debug form, and its causes repeat the message.
-fn describe(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        if let Some(kube::Error::Api(s)) = cause.downcast_ref::<kube::Error>() {
-            parts.push(format!("the API server answered {} {}", s.code, s.message));
-            break;
-        }
-        let text = cause.to_string();
-        // thiserror messages often end with their source's text already.
-        if parts.last().is_some_and(|p| p.ends_with(&text)) {
-            continue;
-        }
-        parts.push(text);
-    }
-    parts.join(": ")
-}
-
-/// The kind provider's bring-up and tear-down are scripts (they need Docker).
-fn kind_script(script: &str, name: &str) -> anyhow::Result<bool> {
-    let path = sa_lab::paths::repo_root().join("scripts").join(script);
-    let kind_name = if name == local::DEFAULT_NAME {
-        "sa-lab-kind"
-    } else {
-        name
-    };
-    let status = std::process::Command::new("bash")
-        .arg(&path)
-        .args(["--name", kind_name])
-        .status()
-        .with_context(|| format!("running {}", path.display()))?;
-    Ok(status.success())
 }
 
 fn print_env(info: &local::ClusterInfo) {

@@ -78,3 +78,50 @@ pub fn note(msg: impl AsRef<str>) {
         eprintln!("   {}", msg.as_ref());
     }
 }
+
+/// An error and its causes on one line, `a: b: c`. An API error ends the
+/// chain as "the API server answered CODE MESSAGE" (kube's own Display of
+/// it repeats the status in Debug form, and its causes repeat the
+/// message); a cause whose text the previous part already ends with is
+/// skipped.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(kube::Error::Api(s)) = c.downcast_ref::<kube::Error>() {
+            parts.push(format!("the API server answered {} {}", s.code, s.message));
+            break;
+        }
+        let text = c.to_string();
+        if !parts.last().is_some_and(|p| p.ends_with(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("running chapter 3")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("applying Role/x")]
+    struct Inner(#[source] kube::Error);
+
+    #[test]
+    fn error_chain_ends_with_what_the_api_server_said() {
+        let api = kube::Error::Api(Box::new(
+            kube::core::Status::failure("no", "Forbidden").with_code(403),
+        ));
+        let e = Outer(Inner(api));
+        assert_eq!(
+            error_chain(&e),
+            "running chapter 3: applying Role/x: the API server answered 403 no"
+        );
+    }
+}

@@ -1,5 +1,6 @@
-//! Chapter 2 on a fresh local cluster: runs the token-mount lab Pod,
-//! requests a token bound to it, deletes the Pod and watches the token die.
+//! Chapter 2 on a fresh local cluster: runs the token-mount lab Pod before
+//! and after RoleBinding pod-reader, requests tokens bound to it, deletes
+//! the Pod (held by a finalizer, then gone) and uses the tokens.
 
 mod chapter_kit;
 mod common;
@@ -8,9 +9,7 @@ use chapter_kit::{all_rows_checked, expect, expect_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chapter_02_token_mount() {
-    if !common::binaries_present() {
-        return;
-    }
+    common::require_binaries();
     let c = common::TestCluster::start("ch02").await;
     let r = chapter_kit::run(&c, "02").await;
 
@@ -33,8 +32,10 @@ async fn chapter_02_token_mount() {
         msg.contains("system:serviceaccount:production:pod-manager"),
         "{msg}"
     );
-    // ...while a broken token is 401.
-    expect_status(&r, "raw-get-pods-corrupted", "unauthorized", 401);
+    // The same token and GET once a binding allows it...
+    expect_status(&r, "bound.raw-get-pods", "allowed", 200);
+    // ...while a broken token is 401, binding or not.
+    expect_status(&r, "bound.raw-get-pods-corrupted", "unauthorized", 401);
     expect(&r, "kube-whoami", "allowed");
     expect(
         &r,
@@ -42,6 +43,11 @@ async fn chapter_02_token_mount() {
         "system:serviceaccount:production:pod-manager",
     );
     expect(&r, "bound-token.live", "allowed");
+    // A Pod being deleted still validates its tokens (until 60 s after its
+    // deletionTimestamp); once the object is gone they are refused.
+    expect(&r, "bound-token.terminating", "allowed");
+    let msg = &r.row("bound-token.terminating").unwrap().message;
+    assert!(msg.contains("deletionTimestamp"), "{msg}");
     expect_status(&r, "bound-token.deleted", "unauthorized", 401);
 
     all_rows_checked(
@@ -56,11 +62,16 @@ async fn chapter_02_token_mount() {
             "claims.warnafter",
             "claims.exp",
             "raw-get-pods",
-            "raw-get-pods-corrupted",
+            "bound.raw-get-pods",
+            "bound.raw-get-pods-corrupted",
             "kube-whoami",
             "kube-whoami.username",
             "bound-token.live",
+            "bound-token.terminating",
             "bound-token.deleted",
         ],
     );
+    // The finalizer was released: the lab Pod is gone.
+    let pods = c.kubectl_ok(&["get", "pods", "-n", "production", "-o", "name"]);
+    assert!(!pods.contains("pod/token-mount"), "{pods}");
 }

@@ -1,5 +1,6 @@
 //! Chapter 5 on a fresh local cluster: ServiceAccounts with and without
-//! automount and four Pods covering the Pod/ServiceAccount matrix.
+//! automount and four Pods covering the Pod/ServiceAccount matrix; a
+//! reviewer bound to system:auth-delegator checks a token for "vault".
 
 mod chapter_kit;
 mod common;
@@ -8,9 +9,7 @@ use chapter_kit::{all_rows_checked, expect, expect_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chapter_05_automount() {
-    if !common::binaries_present() {
-        return;
-    }
+    common::require_binaries();
     let c = common::TestCluster::start("ch05").await;
     let r = chapter_kit::run(&c, "05-automount").await;
 
@@ -23,12 +22,26 @@ async fn chapter_05_automount() {
     expect(&r, "mount-pod-off.incluster", "fails: no token");
     expect(&r, "mount-sa-off.incluster", "fails: no token");
     expect(&r, "mount-pod-wins.incluster", "allowed");
-    // The Pod with automount off.
-    expect(&r, "pod-off.files", "none");
+    // kube's own error, not the lab's words.
+    let msg = &r.row("mount-pod-off.incluster").unwrap().message;
+    assert!(msg.starts_with("failed to read"), "{msg}");
+    // The Pod with automount off: no directory at all, as on a kubelet.
+    expect(&r, "pod-off.sa-dir", "does not exist");
     expect(&r, "pod-off.service-env", "set");
     expect_status(&r, "pod-off.anonymous-pods", "forbidden", 403);
     expect_status(&r, "pod-off.anonymous-version", "allowed", 200);
+    expect_status(&r, "pod-off.api-token-pods", "allowed", 200);
     expect_status(&r, "pod-off.vault-token", "unauthorized", 401);
+    let msg = &r.row("pod-off.vault-token").unwrap().message;
+    assert!(msg.starts_with("aud [\"vault\"], ttl 600s"), "{msg}");
+    // Vault's TokenReview: the audience decides.
+    expect(&r, "vault.review-api-audience", "not authenticated");
+    expect(&r, "vault.review-vault-audience", "authenticated");
+    let msg = &r.row("vault.review-vault-audience").unwrap().message;
+    assert!(
+        msg.contains("system:serviceaccount:production:mounts-by-default"),
+        "{msg}"
+    );
 
     all_rows_checked(
         &r,
@@ -41,11 +54,14 @@ async fn chapter_05_automount() {
             "mount-pod-off.incluster",
             "mount-sa-off.incluster",
             "mount-pod-wins.incluster",
-            "pod-off.files",
+            "pod-off.sa-dir",
             "pod-off.service-env",
             "pod-off.anonymous-pods",
             "pod-off.anonymous-version",
+            "pod-off.api-token-pods",
             "pod-off.vault-token",
+            "vault.review-api-audience",
+            "vault.review-vault-audience",
         ],
     );
 }

@@ -5,12 +5,13 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, processes_mentioning, sa_lab, sa_lab_cmd, stderr};
+use assert_cmd::assert::OutputAssertExt as _;
+use common::{TestCluster, processes_mentioning, sa_lab, sa_lab_cmd, stderr, stdout};
+use predicates::str::contains;
 
 #[test]
 fn unknown_chapter_lists_the_real_ones() {
-    let out = sa_lab(&["run", "42"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = sa_lab(&["run", "42"], &[]).code(2);
     let err = stderr(&out);
     assert!(err.contains("unknown chapter \"42\""), "{err}");
     for slug in [
@@ -23,8 +24,9 @@ fn unknown_chapter_lists_the_real_ones() {
         assert!(err.contains(slug), "the error must list {slug}: {err}");
     }
     // Twin: a real chapter name is accepted by `list`.
-    let out = sa_lab(&["list"], &[]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("03-rolebinding"));
+    sa_lab(&["list"], &[])
+        .success()
+        .stdout(contains("03-rolebinding"));
 }
 
 #[test]
@@ -54,8 +56,8 @@ fn an_unreachable_cluster_is_named() {
             "example.invalid/sa-lab-labs:0.1.0",
         ],
         &[("KUBECONFIG", kc.to_str().unwrap())],
-    );
-    assert_eq!(out.status.code(), Some(2));
+    )
+    .code(2);
     let err = stderr(&out);
     assert!(err.contains("no cluster reachable"), "{err}");
     assert!(
@@ -68,10 +70,10 @@ fn an_unreachable_cluster_is_named() {
 async fn run_prints_json_rows_and_reruns_safely() {
     let c = TestCluster::start("cli-run").await;
     let name = c.info.name.clone();
-    for attempt in 0..2 {
-        let out = sa_lab(&["run", "04", "-o", "json", "--name", &name], &[]);
-        assert!(out.status.success(), "attempt {attempt}: {}", stderr(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    for _ in 0..2 {
+        let out = sa_lab(&["run", "04", "-o", "json", "--name", &name], &[]).success();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.get_output().stdout).expect("JSON on stdout");
         let rows = v["rows"].as_array().expect("rows");
         assert!(!rows.is_empty());
         for row in rows {
@@ -98,9 +100,8 @@ async fn run_prints_json_rows_and_reruns_safely() {
         );
     }
     // The table form shows expected and actual columns.
-    let out = sa_lab(&["run", "default-sa", "--name", &name], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let table = String::from_utf8_lossy(&out.stdout);
+    let out = sa_lab(&["run", "default-sa", "--name", &name], &[]).success();
+    let table = stdout(&out);
     assert!(
         table.contains("expected") && table.contains("actual"),
         "{table}"
@@ -109,12 +110,9 @@ async fn run_prints_json_rows_and_reruns_safely() {
 
 #[test]
 fn tour_runs_every_chapter_and_tears_down() {
-    if !common::binaries_present() {
-        return;
-    }
-    let out = sa_lab(&["tour", "-o", "json"], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    common::require_binaries();
+    let out = sa_lab(&["tour", "-o", "json"], &[]).success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("JSON");
     assert_eq!(v["passed"], true);
     let chapters = v["chapters"].as_array().unwrap();
     assert_eq!(chapters.len(), 5);
@@ -132,9 +130,7 @@ fn tour_runs_every_chapter_and_tears_down() {
 
 #[test]
 fn ctrl_c_during_the_tour_tears_the_cluster_down() {
-    if !common::binaries_present() {
-        return;
-    }
+    common::require_binaries();
     let mut child = sa_lab_cmd()
         .args(["tour"])
         .stdout(Stdio::null())
@@ -176,9 +172,7 @@ fn ctrl_c_during_the_tour_tears_the_cluster_down() {
 
 #[test]
 fn ctrl_c_during_up_leaves_nothing_half_made() {
-    if !common::binaries_present() {
-        return;
-    }
+    common::require_binaries();
     let name = common::unique("intr");
     let child = sa_lab_cmd()
         .args(["up", "--name", &name])
@@ -198,13 +192,12 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("interrupted while starting"),
-        "{}",
-        stderr(&out)
-    );
+    child
+        .wait_with_output()
+        .unwrap()
+        .assert()
+        .code(2)
+        .stderr(contains("interrupted while starting"));
     assert!(!dir.exists(), "half-made state removed");
     let left = processes_mentioning(&format!("clusters/{name}/"));
     assert!(left.is_empty(), "processes left: {left:?}");
@@ -216,8 +209,7 @@ async fn a_lab_pod_that_never_starts_shows_its_events() {
     let name = c.info.name.clone();
     // No node will take the Pod: it stays Pending, unscheduled.
     c.kubectl_ok(&["cordon", "sandbox-node"]);
-    let out = sa_lab(&["run", "01", "--name", &name, "--timeout", "5"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = sa_lab(&["run", "01", "--name", &name, "--timeout", "5"], &[]).code(2);
     let err = stderr(&out);
     assert!(err.contains("did not finish within 5s"), "{err}");
     assert!(err.contains("(not scheduled)"), "{err}");
@@ -227,8 +219,7 @@ async fn a_lab_pod_that_never_starts_shows_its_events() {
     );
     // Twin: once the node takes Pods again, the same chapter passes.
     c.kubectl_ok(&["uncordon", "sandbox-node"]);
-    let out = sa_lab(&["run", "01", "--name", &name], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sa_lab(&["run", "01", "--name", &name], &[]).success();
 }
 
 #[tokio::test]
@@ -256,8 +247,8 @@ async fn credentials_without_permissions_are_refused_clearly() {
     let out = sa_lab(
         &["run", "01", "--provider", "current"],
         &[("KUBECONFIG", kc.to_str().unwrap())],
-    );
-    assert_eq!(out.status.code(), Some(2));
+    )
+    .code(2);
     let err = stderr(&out);
     assert!(err.contains("refusing to teach on this cluster"), "{err}");
     assert!(
@@ -269,9 +260,9 @@ async fn credentials_without_permissions_are_refused_clearly() {
         "the token must never be printed"
     );
     // Twin: the admin kubeconfig of the same cluster, as `current`, runs it.
-    let out = sa_lab(
+    sa_lab(
         &["run", "01", "--provider", "current"],
         &[("KUBECONFIG", c.info.kubeconfig.to_str().unwrap())],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    )
+    .success();
 }

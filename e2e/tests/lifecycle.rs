@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{TestCluster, binaries_present, processes_mentioning, sa_lab, stderr, unique};
+use common::{TestCluster, processes_mentioning, require_binaries, sa_lab, stderr, stdout, unique};
+use predicates::str::contains;
 use sa_lab::local::{self, ClusterInfo};
 
 /// Processes that belong to the cluster: its supervisor and every component
@@ -95,15 +96,14 @@ async fn two_named_clusters_run_side_by_side() {
 async fn up_on_a_running_name_is_refused_and_env_prints_the_export() {
     let c = TestCluster::start("twice").await;
     let name = c.info.name.clone();
-    let out = sa_lab(&["up", "--name", &name], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    sa_lab(&["up", "--name", &name], &[])
+        .code(2)
+        .stderr(contains("already running"));
     // The running cluster is untouched.
     c.kubectl_ok(&["get", "--raw", "/readyz"]);
 
-    let out = sa_lab(&["env", "--name", &name], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = sa_lab(&["env", "--name", &name], &[]).success();
+    let text = stdout(&out);
     assert!(
         text.contains(&format!(
             "export KUBECONFIG={}",
@@ -120,9 +120,8 @@ async fn up_on_a_running_name_is_refused_and_env_prints_the_export() {
     );
     assert_eq!(mode & 0o777, 0o700, "cluster dir must be private");
 
-    let out = sa_lab(&["status", "--name", &name], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = sa_lab(&["status", "--name", &name], &[]).success();
+    let text = stdout(&out);
     for comp in [
         "etcd",
         "kube-apiserver",
@@ -138,8 +137,7 @@ async fn up_on_a_running_name_is_refused_and_env_prints_the_export() {
 fn down_and_status_of_a_missing_cluster_say_so() {
     let name = unique("nope");
     for cmd in ["down", "status", "env"] {
-        let out = sa_lab(&[cmd, "--name", &name], &[]);
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let out = sa_lab(&[cmd, "--name", &name], &[]).code(2);
         let err = stderr(&out);
         assert!(
             err.contains(&format!("no local cluster named {name:?}")),
@@ -154,14 +152,11 @@ fn down_and_status_of_a_missing_cluster_say_so() {
 
 #[test]
 fn a_taken_port_is_refused_before_anything_starts() {
-    if !binaries_present() {
-        return;
-    }
+    require_binaries();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let name = unique("port");
-    let out = sa_lab(&["up", "--name", &name, "--api-port", &port], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = sa_lab(&["up", "--name", &name, "--api-port", &port], &[]).code(2);
     assert!(
         stderr(&out).contains(&format!("port {port} on 127.0.0.1 is already in use")),
         "{}",
@@ -185,8 +180,8 @@ fn no_binaries_and_no_go_is_a_clear_error() {
             ("KUBEBUILDER_ASSETS", ""),
             ("PATH", "/nonexistent"),
         ],
-    );
-    assert_eq!(out.status.code(), Some(2));
+    )
+    .code(2);
     let err = stderr(&out);
     assert!(err.contains("Go is not installed"), "{err}");
     assert!(err.contains("SA_LAB_K8S_BIN"), "{err}");
@@ -200,9 +195,7 @@ fn no_binaries_and_no_go_is_a_clear_error() {
 /// and everything already started is stopped.
 #[test]
 fn a_crashing_component_is_reported_and_cleaned_up() {
-    if !binaries_present() {
-        return;
-    }
+    require_binaries();
     let real = sa_lab::binaries::find().unwrap();
     let fake = tempfile::tempdir().unwrap();
     for b in sa_lab::binaries::REQUIRED {
@@ -221,8 +214,8 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
     let out = sa_lab(
         &["up", "--name", &name],
         &[("SA_LAB_K8S_BIN", fake.path().to_str().unwrap())],
-    );
-    assert_eq!(out.status.code(), Some(2));
+    )
+    .code(2);
     let err = stderr(&out);
     assert!(err.contains("kube-apiserver failed to start"), "{err}");
     assert!(

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use sa_lab::{KUBERNETES_VERSION, LAB_IMAGE, provider::manifest_containers};
+use sa_lab::{KUBERNETES_VERSION, LAB_IMAGE, manifest};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,8 +83,9 @@ fn every_lab_container_runs_the_pinned_lab_image() {
         if text.contains(":latest") {
             wrong.push(format!("{}: mentions :latest", rel(file)));
         }
-        let found =
-            manifest_containers(&text).unwrap_or_else(|e| panic!("{}: {e} ({e:?})", rel(file)));
+        let found = manifest::parse(&rel(file), &text)
+            .map(|docs| manifest::containers(&docs))
+            .unwrap_or_else(|e| panic!("{e} ({e:?})"));
         for c in found {
             containers += 1;
             let at = format!("{} {} container {:?}", rel(file), c.object, c.container);

@@ -56,9 +56,7 @@ async fn wait_until_passes(client: &Client, what: &str) {
 
 #[tokio::test]
 async fn preflight_refuses_default_bound_to_cluster_admin() {
-    if !common::binaries_present() {
-        return;
-    }
+    common::require_binaries();
     let c = common::TestCluster::start("preflight").await;
     let client = c.client().await;
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());

@@ -1,25 +1,41 @@
-//! The chapter catalog and runner.
+//! The chapters and their runner.
 //!
-//! `run_chapter` applies a chapter's manifests (server-side apply, field
-//! manager `sa-lab`), runs its lab Pod(s), reads each lab's report from the
-//! container's termination message, runs the chapter's cluster-side checks
-//! and compares every row with the chapter's expected table (the oracle,
-//! from CURRICULUM.md; `labs/NN-slug/expected.md` is generated from it).
+//! Everything about one chapter lives in its folder, `labs/NN-slug/`:
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `src/main.rs` | the lab: the program that runs in the Pod, as its ServiceAccount |
+//! | `manifests/*.yaml` | the exact YAML the book shows and the runner applies |
+//! | `chapter.rs` | the chapter's definition: title, manifests (compiler-checked constants), and its *scenario*: what the runner does on the cluster and the rows it observes |
+//! | `expected.yaml` | the oracle: every row's expected value and, for each refusal, its allowed twin |
+//! | `expected.md` | generated from `expected.yaml`; the book includes it |
+//!
+//! [`catalog`] has one line per chapter. The runner ([`run_chapter`]) runs
+//! a chapter's scenario, then [`oracle::compare`]s every observed row with
+//! the expected table; [`render`] prints the result to fit the terminal.
 
-mod expected;
-mod kube_ops;
-mod labs;
-mod manifests;
+pub mod catalog;
+pub mod kit;
+pub mod oracle;
+pub mod render;
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-pub use expected::{Expect, ExpectedRow, ExpectedTable, expected_markdown, expected_tables};
-pub use manifests::{Manifest, manifests, parse_manifest};
+pub use catalog::catalog;
+pub use kit::{Error, RunContext};
+pub use render::render_table;
 
-/// One chapter of the course.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What a chapter's scenario returns: the rows it observed.
+pub type ScenarioFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, Error>> + Send + 'a>>;
+
+/// A chapter's scenario: what the runner does on the cluster.
+pub type Scenario = for<'a> fn(&'a RunContext) -> ScenarioFuture<'a>;
+
+/// One chapter of the course, defined in `labs/NN-slug/chapter.rs`.
+#[derive(Clone, Copy)]
 pub struct Chapter {
     /// 1, 2, ...
     pub number: u8,
@@ -27,6 +43,38 @@ pub struct Chapter {
     pub slug: &'static str,
     /// Human title.
     pub title: &'static str,
+    /// Every manifest in `manifests/`, in file order.
+    pub manifests: &'static [kit::Manifest],
+    /// `expected.yaml`, the oracle (parsed by [`oracle::tables`]).
+    pub expected: &'static str,
+    /// What the runner does on the cluster.
+    pub scenario: Scenario,
+}
+
+impl std::fmt::Debug for Chapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chapter")
+            .field("number", &self.number)
+            .field("slug", &self.slug)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Chapter {
+    fn eq(&self, other: &Self) -> bool {
+        self.slug == other.slug
+    }
+}
+
+impl Serialize for Chapter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Chapter", 3)?;
+        st.serialize_field("number", &self.number)?;
+        st.serialize_field("slug", &self.slug)?;
+        st.serialize_field("title", &self.title)?;
+        st.end()
+    }
 }
 
 impl Chapter {
@@ -42,39 +90,6 @@ impl Chapter {
             .map(|(_, s)| s)
             .unwrap_or(self.slug)
     }
-}
-
-static CATALOG: [Chapter; 5] = [
-    Chapter {
-        number: 1,
-        slug: "01-identity",
-        title: "Why Pods need their own identity",
-    },
-    Chapter {
-        number: 2,
-        slug: "02-token-mount",
-        title: "How the credential gets into the Pod",
-    },
-    Chapter {
-        number: 3,
-        slug: "03-rolebinding",
-        title: "Binding permissions",
-    },
-    Chapter {
-        number: 4,
-        slug: "04-default-sa",
-        title: "Why default must stay unprivileged",
-    },
-    Chapter {
-        number: 5,
-        slug: "05-automount",
-        title: "Disabling automount",
-    },
-];
-
-/// Every chapter, in order.
-pub fn catalog() -> &'static [Chapter] {
-    &CATALOG
 }
 
 /// No chapter matches the query.
@@ -94,6 +109,7 @@ pub fn find(query: &str) -> Result<&'static Chapter, UnknownChapter> {
     let by_number = q.parse::<u8>().ok();
     catalog()
         .iter()
+        .copied()
         .find(|c| Some(c.number) == by_number || c.slug == q || c.short_slug() == q)
         .ok_or_else(|| UnknownChapter {
             query: query.to_string(),
@@ -103,43 +119,6 @@ pub fn find(query: &str) -> Result<&'static Chapter, UnknownChapter> {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
-}
-
-/// How to run a chapter.
-#[derive(Clone)]
-pub struct RunOptions {
-    /// The lab image the Pods run (manifests name `sa-lab-labs:0.1.0`; a
-    /// different value replaces it).
-    pub image: String,
-    /// How long to wait for each batch of lab Pods to finish.
-    pub timeout: Duration,
-    /// The admin connection's config. Only used to send requests with other
-    /// tokens (chapter 2: a token whose Pod was deleted). Without it the
-    /// runner asks the authenticator with a TokenReview instead.
-    pub config: Option<kube::Config>,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            image: crate::LAB_IMAGE.to_string(),
-            timeout: Duration::from_secs(90),
-            config: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for RunOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunOptions")
-            .field("image", &self.image)
-            .field("timeout", &self.timeout)
-            .field(
-                "config",
-                &self.config.as_ref().map(|c| c.cluster_url.to_string()),
-            )
-            .finish()
-    }
 }
 
 /// One checked row: what was asked, what was expected, what happened.
@@ -169,14 +148,22 @@ pub struct Row {
     pub actual: String,
     /// HTTP status, when there was one.
     pub status: Option<u16>,
-    /// The server's message (or what was observed).
+    /// The server's message (or what was observed), never cut.
     pub message: String,
     /// What the authorizer (SelfSubjectAccessReview) said for the same
     /// attributes, where asked; it must agree with `actual`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizer: Option<String>,
-    /// `actual == expected` (and the authorizer agrees).
+    /// For a refusal: the id of its allowed twin, the same call with one
+    /// thing changed (the token, the binding, the namespace...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<String>,
+    /// `actual == expected`, the authorizer agrees where it must be asked,
+    /// and a refusal's twin was allowed.
     pub pass: bool,
+    /// Why the row failed, when it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
 /// The outcome of running one chapter.
@@ -202,53 +189,18 @@ impl ChapterResult {
     pub fn row(&self, id: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.id == id)
     }
-
-    /// The rows that failed.
-    pub fn failures(&self) -> Vec<&Row> {
-        self.rows.iter().filter(|r| !r.pass).collect()
-    }
 }
 
-/// Run `chapter` against the cluster `client` (an admin) talks to.
-pub async fn run_chapter(
-    client: &kube::Client,
-    chapter: &Chapter,
-    opts: &RunOptions,
-) -> anyhow::Result<ChapterResult> {
-    let observed = labs::run(client, chapter, opts).await?;
-    Ok(expected::compare(chapter, observed))
-}
-
-/// The result as a table: one row per check, expected next to actual.
-pub fn render_table(result: &ChapterResult) -> String {
-    let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(["", "check", "as", "expected", "actual", "status", "message"]);
-    for r in &result.rows {
-        let mut actual = r.actual.clone();
-        if let Some(a) = &r.authorizer {
-            if a != &r.actual {
-                actual = format!("{actual} (authorizer: {a})");
-            }
-        }
-        t.add_row([
-            if r.pass { "✓" } else { "✗" }.to_string(),
-            r.check.clone(),
-            r.subject.clone(),
-            r.expected.clone(),
-            actual,
-            r.status.map(|s| s.to_string()).unwrap_or_default(),
-            lab_kit::truncate(&r.message, 70),
-        ]);
-    }
-    let passed = result.rows.iter().filter(|r| r.pass).count();
-    format!(
-        "Chapter {}: {}\n{t}\n{passed}/{} rows as expected{}\n",
-        result.number,
-        result.title,
-        result.rows.len(),
-        if result.passed() { "" } else { " — MISMATCH" }
-    )
+/// Run `chapter` on the cluster `cx` reaches, and compare every row with
+/// its expected table.
+pub async fn run_chapter(cx: &RunContext, chapter: &Chapter) -> Result<ChapterResult, Error> {
+    let in_chapter = |e: Error| Error::Chapter {
+        slug: chapter.slug,
+        source: Box::new(e),
+    };
+    cx.clean_slate().await.map_err(in_chapter)?;
+    let observed = (chapter.scenario)(cx).await.map_err(in_chapter)?;
+    oracle::compare(chapter, observed).map_err(|e| in_chapter(Error::Oracle(e)))
 }
 
 #[cfg(test)]
@@ -262,8 +214,8 @@ mod tests {
         }
         assert_eq!(find("1").unwrap().slug, "01-identity");
         assert_eq!(find("default-sa").unwrap().number, 4);
-        let err = find("9").unwrap_err().to_string();
-        assert!(err.contains("unknown chapter \"9\""), "{err}");
+        let err = find("99").unwrap_err().to_string();
+        assert!(err.contains("unknown chapter \"99\""), "{err}");
         assert!(
             err.contains("1 (01-identity)") && err.contains("5 (05-automount)"),
             "{err}"
@@ -273,11 +225,25 @@ mod tests {
     #[test]
     fn catalog_matches_labs() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        for c in catalog() {
+        for (i, c) in catalog().iter().enumerate() {
+            assert_eq!(
+                usize::from(c.number),
+                i + 1,
+                "chapters are numbered in order"
+            );
+            assert!(
+                c.slug.starts_with(&format!("{:02}-", c.number)),
+                "{}",
+                c.slug
+            );
             let dir = root.join("labs").join(c.slug);
-            assert!(dir.join("Cargo.toml").exists(), "{}", dir.display());
             let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
             assert!(cargo.contains(&format!("name = \"{}\"", c.lab_binary())));
+            assert!(
+                root.join(format!("book/src/{}.md", c.slug)).is_file(),
+                "{}",
+                c.slug
+            );
         }
     }
 }

@@ -141,19 +141,15 @@ impl ClusterInfo {
             self.kubelet_port,
         ]
     }
-    /// A client with the admin identity (`system:masters`).
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        client_from(&self.kubeconfig).await
+    /// The admin's (`system:masters`) config and client.
+    pub async fn connect(&self) -> Result<crate::kubeconfig::Loaded, crate::kubeconfig::LoadError> {
+        crate::kubeconfig::connect(crate::kubeconfig::Source::File(&self.kubeconfig), None).await
     }
-}
 
-/// Builds a kube client from a kubeconfig file.
-pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(path)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
+    /// A client with the admin identity (`system:masters`).
+    pub async fn client(&self) -> Result<kube::Client, crate::kubeconfig::LoadError> {
+        Ok(self.connect().await?.client)
+    }
 }
 
 /// The supervisor's live view, in `<dir>/status.json`.

@@ -87,7 +87,7 @@ impl Supervisor {
 
         self.phase("kube-apiserver");
         self.spawn(Component::ApiServer)?;
-        let client = super::client_from(&self.info.kubeconfig).await?;
+        let client = self.info.client().await?;
         let c = client.clone();
         if let Wait::Stop = self
             .wait("kube-apiserver", &mut term, &mut int, async || {

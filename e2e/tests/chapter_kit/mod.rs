@@ -4,26 +4,24 @@
 
 use std::collections::BTreeSet;
 
-use sa_lab::chapters::{self, ChapterResult, RunOptions};
+use sa_lab::chapters::{self, ChapterResult, RunContext, oracle};
 
 use crate::common::TestCluster;
 
-/// Run chapter `query` on `c` (admin client, kubeconfig for token checks).
+/// Run chapter `query` on `c`, as its admin.
 pub async fn run(c: &TestCluster, query: &str) -> ChapterResult {
-    let client = c.client().await;
-    let kc = kube::config::Kubeconfig::read_from(&c.info.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    let opts = RunOptions {
-        config: Some(config),
-        ..RunOptions::default()
+    let admin = c.info.connect().await.expect("admin config");
+    let cx = RunContext {
+        client: admin.client,
+        config: admin.config,
+        image: sa_lab::LAB_IMAGE.to_string(),
+        timeout: std::time::Duration::from_secs(90),
     };
     let chapter = chapters::find(query).expect("chapter");
-    let result = chapters::run_chapter(&client, chapter, &opts)
+    let result = chapters::run_chapter(&cx, chapter)
         .await
-        .unwrap_or_else(|e| panic!("running chapter {query}: {e:?}"));
-    eprintln!("{}", chapters::render_table(&result));
+        .unwrap_or_else(|e| panic!("running chapter {query}: {}", sa_lab::ui::error_chain(&e)));
+    eprintln!("{}", chapters::render::render(&result, 120));
     result
 }
 
@@ -47,26 +45,34 @@ pub fn expect_status(r: &ChapterResult, id: &str, expected: &str, status: u16) {
 }
 
 /// The test asserted exactly the chapter's expected ids, the whole chapter
-/// passed, and every forbidden/unauthorized row has an allowed twin (so a
-/// cluster that refuses everything, or allows everything, fails).
+/// passed, and every refusal's twin is a row of this run that was allowed
+/// (so a cluster that refuses everything, or allows everything, fails).
 pub fn all_rows_checked(r: &ChapterResult, asserted: &[&str]) {
     let chapter = chapters::find(&r.number.to_string()).unwrap();
-    let oracle: BTreeSet<&str> = chapters::expected_tables(chapter)
-        .iter()
-        .flat_map(|t| t.rows)
-        .flat_map(|row| row.expect)
-        .map(|x| x.id)
-        .collect();
+    let ids = oracle::ids(chapter).expect("the chapter's oracle");
+    let oracle_ids: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let asserted: BTreeSet<&str> = asserted.iter().copied().collect();
     assert_eq!(
-        oracle, asserted,
+        oracle_ids, asserted,
         "the test must assert every row of the chapter's tables"
     );
+    for row in &r.rows {
+        if !oracle::is_refusal(&row.actual) {
+            continue;
+        }
+        let twin = row
+            .twin
+            .as_deref()
+            .unwrap_or_else(|| panic!("refused row {} names no twin", row.id));
+        let t = r
+            .row(twin)
+            .unwrap_or_else(|| panic!("{}'s twin {twin} is not a row of the run", row.id));
+        assert!(
+            oracle::is_acceptance(&t.actual),
+            "{}'s twin {twin} was {}, not allowed",
+            row.id,
+            t.actual
+        );
+    }
     assert!(r.passed(), "{}", chapters::render_table(r));
-    let refused = r
-        .rows
-        .iter()
-        .any(|x| x.actual == "forbidden" || x.actual == "unauthorized");
-    let allowed = r.rows.iter().any(|x| x.actual == "allowed");
-    assert!(!refused || allowed, "no allowed twin");
 }

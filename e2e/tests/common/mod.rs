@@ -31,25 +31,18 @@ pub fn unique_ns(prefix: &str) -> String {
     unique(prefix)
 }
 
-/// Fails (or, with the explicit opt-out `SA_LAB_SKIP_E2E=1`, returns false)
-/// when the Kubernetes binaries are missing. CI never sets the opt-out.
-pub fn binaries_present() -> bool {
+/// Panics, saying how to build them, when the Kubernetes binaries are
+/// missing: e2e tests never skip.
+pub fn require_binaries() {
     if std::env::var("SA_LAB_PROVIDER").is_ok_and(|p| p == "kind") {
         // kind runs its own Kubernetes; nothing to build here.
-        return true;
+        return;
     }
-    match sa_lab::binaries::find() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("SA_LAB_SKIP_E2E").is_ok_and(|v| v == "1") {
-                eprintln!("SKIPPED (SA_LAB_SKIP_E2E=1): {e}");
-                return false;
-            }
-            panic!(
-                "e2e tests need the Kubernetes binaries: {e}\n\
-                 Build them with scripts/install-k8s.sh (or run scripts/test.sh, which does)."
-            );
-        }
+    if let Err(e) = sa_lab::binaries::find() {
+        panic!(
+            "e2e tests need the Kubernetes binaries: {e}\n\
+             Build them with scripts/install-k8s.sh (or run scripts/test.sh, which does)."
+        );
     }
 }
 
@@ -68,10 +61,7 @@ impl TestCluster {
             Ok(other) => panic!("the e2e tests run on the local or kind provider, not {other}"),
             Err(e) => panic!("{e}"),
         }
-        if !binaries_present() {
-            // Only reachable with the explicit opt-out SA_LAB_SKIP_E2E=1.
-            std::process::exit(0);
-        }
+        require_binaries();
         let cluster = unique(&format!("t-{name}"));
         let info = local::up(&UpOptions {
             name: cluster,
@@ -150,10 +140,7 @@ where
 /// default `sa-lab-kind`), described as a [`ClusterInfo`] so tests use it as
 /// they use a local one. kubectl is the one on PATH, else sa-lab's build.
 fn kind_cluster() -> TestCluster {
-    let name = sa_lab::provider::kind_cluster_name(
-        None,
-        std::env::var("SA_LAB_KIND_CLUSTER").ok().as_deref(),
-    );
+    let name = sa_lab::provider::connect::kind_name(None);
     let kubeconfig = sa_lab::provider::kind_kubeconfig_path(&sa_lab::paths::home(), &name);
     assert!(
         kubeconfig.is_file(),
@@ -193,23 +180,28 @@ fn kind_cluster() -> TestCluster {
     TestCluster { info, owned: false }
 }
 
-/// The built `sa-lab` command.
+/// The built `sa-lab` command, for tests that signal or stream it.
 pub fn sa_lab_cmd() -> Command {
     Command::new(sa_lab::paths::self_binary())
 }
 
-/// Runs `sa-lab ARGS` with extra environment and waits for it.
-pub fn sa_lab(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = sa_lab_cmd();
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running sa-lab")
+/// Runs `sa-lab ARGS` with extra environment (assert_cmd): chain
+/// `.success()`, `.code(2)`, `.stderr(contains(..))` on the result.
+pub fn sa_lab(args: &[&str], envs: &[(&str, &str)]) -> assert_cmd::assert::Assert {
+    assert_cmd::Command::new(sa_lab::paths::self_binary())
+        .args(args)
+        .envs(envs.iter().copied())
+        .assert()
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// What a finished command wrote on stderr.
+pub fn stderr(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+/// What a finished command wrote on stdout.
+pub fn stdout(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
 }
 
 /// Live processes whose command line (arguments joined by spaces, with a

@@ -46,6 +46,9 @@ fn probes(me: &str) -> Vec<Probe> {
         Probe::new("list-deployments", "list", "deployments")
             .group("apps", "v1")
             .ns(prod),
+        Probe::new("list-deployments-staging", "list", "deployments")
+            .group("apps", "v1")
+            .ns("staging"),
         Probe::new("list-pods-staging", "list", "pods").ns("staging"),
         Probe::new("list-namespaces", "list", "namespaces"),
         Probe::new("create-rolebinding", "create", "rolebindings")

@@ -1,21 +1,35 @@
-//! Chapter 5: automount off. The lab reports whether a token was mounted,
-//! what `Config::incluster()` makes of that, and (in the Pod that asks
-//! for one) what the API server thinks of an anonymous request and of a
-//! token minted for another audience.
-
-use std::path::Path;
+//! Chapter 5: automount off. The lab reports what is at the mount path,
+//! what `Config::incluster()` makes of that, and (in the Pod that asks for
+//! explicit tokens) what the API server thinks of an anonymous request, of
+//! a token minted for the API server and of one minted for another
+//! audience.
 
 use lab_kit::probe::{Outcome, classify};
 use lab_kit::report::{ProbeRow, Report};
 use lab_kit::{SA_DIR, TOKEN_PATH};
 
+/// What is at `dir`: `absent`, `empty`, or `files`.
+fn dir_state(dir: &str) -> &'static str {
+    match std::fs::read_dir(dir) {
+        Err(_) => "absent",
+        Ok(mut entries) => match entries.next() {
+            None => "empty",
+            Some(_) => "files",
+        },
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut report = Report::new("05", "lab-05-automount");
-    let files = lab_kit::list_dir(SA_DIR);
-    report.fact("files", &files);
+    // ANCHOR: observe
+    // What is there, observed: the directory, its files, the token file.
+    report.fact("sa_dir", dir_state(SA_DIR));
+    report.fact("files", lab_kit::list_dir(SA_DIR));
+    report.fact("token_file", std::path::Path::new(TOKEN_PATH).exists());
     let host = std::env::var("KUBERNETES_SERVICE_HOST").is_ok();
     report.fact("kubernetes_service_host_set", host);
+    // ANCHOR_END: observe
 
     // ANCHOR: client
     // With automount off, KUBERNETES_SERVICE_HOST is still set, but
@@ -28,25 +42,26 @@ async fn main() -> anyhow::Result<()> {
             let who = res.map(|i| i.username).unwrap_or(message);
             ProbeRow::simple("incluster", outcome, status, &who)
         }
-        Err(e) => {
-            let msg = if Path::new(TOKEN_PATH).exists() {
-                format!("in-cluster config failed: {e}")
-            } else {
-                format!("no token at {TOKEN_PATH} (automount off): {e}")
-            };
-            ProbeRow::simple("incluster", Outcome::Error, None, &msg)
-        }
+        // kube's own error, word for word.
+        Err(e) => ProbeRow::simple("incluster", Outcome::Error, None, &e.to_string()),
     };
     report.rows.push(row);
     // ANCHOR_END: client
 
-    if let Ok(dir) = std::env::var("VAULT_TOKEN_DIR")
-        && let Err(e) = without_mounted_token(&mut report, &dir).await
-    {
-        let msg = format!("{e:#}");
-        report
-            .rows
-            .push(ProbeRow::simple("vault", Outcome::Error, None, &msg));
+    for (var, run) in [("VAULT_TOKEN_DIR", "vault"), ("API_TOKEN_DIR", "api")] {
+        let Ok(dir) = std::env::var(var) else {
+            continue;
+        };
+        let done = match run {
+            "vault" => without_mounted_token(&mut report, &dir).await,
+            _ => with_explicit_api_token(&mut report, &dir).await,
+        };
+        if let Err(e) = done {
+            let msg = format!("{e:#}");
+            report
+                .rows
+                .push(ProbeRow::simple(run, Outcome::Error, None, &msg));
+        }
     }
     report.finish();
     Ok(())
@@ -63,7 +78,8 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
     report
         .rows
         .push(pods_row("anonymous-get-pods", res.status, &res.message()));
-    // Anonymous may read a little: /version is public.
+    // Anonymous may read a little here: /version is public (clusters may
+    // restrict anonymous access to a few endpoints, or turn it off).
     let version = format!("{server}/version");
     let res = lab_kit::https::get(&version, &ca, None).await?;
     let (status, msg) = (res.status, res.message());
@@ -89,6 +105,19 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
         .rows
         .push(pods_row("vault-token-get-pods", res.status, &res.message()));
     // ANCHOR_END: vault-token
+    Ok(())
+}
+
+/// The same GET with a token projected explicitly for the API server.
+async fn with_explicit_api_token(report: &mut Report, dir: &str) -> anyhow::Result<()> {
+    let server = lab_kit::apiserver_url_from_env()?;
+    let ca = std::fs::read(format!("{dir}/ca.crt"))?;
+    let pods = format!("{server}/api/v1/namespaces/production/pods");
+    let token = std::fs::read_to_string(format!("{dir}/token"))?;
+    let res = lab_kit::https::get(&pods, &ca, Some(&token)).await?;
+    report
+        .rows
+        .push(pods_row("api-token-get-pods", res.status, &res.message()));
     Ok(())
 }
 

@@ -56,6 +56,7 @@ redact() {
     # generateName suffixes: 5 lower-case letters and digits, at least one
     # of each (kube-api-access-x7k2q, lab-03-rolebinding-4bz9c).
     s/(?<=-)(?=[a-z0-9]{5}\b)(?=[a-z]*[0-9])(?=[0-9]*[a-z])[a-z0-9]{5}\b/xxxxx/g;
+    s/\b(kube-api-access-)[a-z0-9]{5}\b/${1}xxxxx/g;             # may be all letters
     s/[ \t]+$//;
   '
 }
@@ -131,7 +132,7 @@ main() {
     raw="${WORK}/${slug}.raw"
     out="${WORK}/${slug}.txt"
     log "sa-lab run ${num}"
-    if ! NO_COLOR=1 "${SA_LAB}" run "${num}" >"${raw}" 2>"${WORK}/${slug}.err"; then
+    if ! NO_COLOR=1 COLUMNS=100 "${SA_LAB}" run "${num}" >"${raw}" 2>"${WORK}/${slug}.err"; then
       cat "${raw}" "${WORK}/${slug}.err" >&2
       fail "sa-lab run ${num} did not match its expected table; transcript not written"
       exit 1

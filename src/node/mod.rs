@@ -18,10 +18,14 @@
 //! ```
 
 mod atomic;
+mod downward;
 mod exec;
 mod heartbeat;
 mod logs;
-mod pods;
+mod mountns;
+mod pod;
+mod poddir;
+mod tokens;
 mod volumes;
 
 use std::collections::{HashMap, HashSet};
@@ -38,12 +42,11 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 pub use exec::{ExecSpec, ExitRecord, MountSpec, StartedRecord, pod_exec_main};
+pub use poddir::kill_leftovers;
 
 /// How the supervisor starts the node agent (`sa-lab node --options FILE`).
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -72,15 +75,53 @@ pub struct NodeOptions {
 /// Errors of the node agent's set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot create the node work dir {path}: {source}")]
+    /// The work dir (or its lock file) could not be created.
+    #[error("cannot create the node work dir {}", path.display())]
     WorkDir {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the node kubeconfig {path}: {message}")]
-    Kubeconfig { path: PathBuf, message: String },
-    #[error("another node agent holds {0}")]
+    /// The node kubeconfig could not be read or does not describe a cluster.
+    #[error("cannot read the node kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No client could be built from the node kubeconfig.
+    #[error("cannot build a client from the node kubeconfig {}", path.display())]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+    /// Another node agent holds the work dir's lock.
+    #[error("another node agent holds {}", .0.display())]
     Locked(PathBuf),
+}
+
+/// An error and its sources on one line, joined by ": ", the way the kubelet
+/// words events and container messages ("failed to fetch token: ..."). An
+/// API error contributes only the API server's message.
+pub(crate) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        if let Some(k) = err.downcast_ref::<kube::Error>() {
+            match k {
+                kube::Error::Api(s) => out.push_str(&s.message),
+                other => out.push_str(&other.to_string()),
+            }
+            break;
+        }
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
 }
 
 /// State shared by the node agent's tasks.
@@ -88,7 +129,7 @@ pub(crate) struct Ctx {
     pub opts: NodeOptions,
     pub client: Client,
     pub self_bin: PathBuf,
-    pub node_res: volumes::NodeResources,
+    pub node_res: downward::NodeResources,
     pub events: mpsc::UnboundedSender<(ObjectReference, Event)>,
     /// (namespace, pod name) -> pod dir, for the log server.
     pub logs: RwLock<HashMap<(String, String), PathBuf>>,
@@ -96,15 +137,19 @@ pub(crate) struct Ctx {
 }
 
 async fn client_from(kubeconfig: &Path) -> Result<Client, Error> {
-    let err = |message: String| Error::Kubeconfig {
-        path: kubeconfig.to_path_buf(),
-        message,
+    let path = kubeconfig.to_path_buf();
+    let kc_err = |source| Error::Kubeconfig {
+        path: path.clone(),
+        source,
     };
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| err(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(kc_err)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
-        .map_err(|e| err(e.to_string()))?;
-    Client::try_from(cfg).map_err(|e| err(e.to_string()))
+        .map_err(kc_err)?;
+    Client::try_from(cfg).map_err(|source| Error::Client {
+        path: path.clone(),
+        source,
+    })
 }
 
 fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
@@ -128,13 +173,13 @@ pub async fn run_from_file(path: &Path) -> anyhow::Result<()> {
         &fs::read(path).with_context(|| format!("reading node options {}", path.display()))?,
     )
     .with_context(|| format!("parsing node options {}", path.display()))?;
-    run(opts).await
+    Ok(run(opts).await?)
 }
 
 /// Runs the node agent until SIGTERM/SIGINT. Then it stops every pod process
-/// it started (SIGTERM, a grace of up to [`pods::SHUTDOWN_GRACE`], SIGKILL),
+/// it started (SIGTERM, a grace of up to [`pod::SHUTDOWN_GRACE`], SIGKILL),
 /// records their final status where it can, and returns.
-pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
+pub async fn run(opts: NodeOptions) -> Result<(), Error> {
     let wd = opts.work_dir.clone();
     fs::create_dir_all(wd.join("pods")).map_err(|source| Error::WorkDir {
         path: wd.clone(),
@@ -159,12 +204,12 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     };
     if nix::unistd::geteuid().is_root() {
-        let _ = fs::create_dir_all(exec::host_run_dir().join("secrets"));
+        let _ = fs::create_dir_all(mountns::host_run_dir().join("secrets"));
     }
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
@@ -217,7 +262,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         match heartbeat::register(&ctx, ready_since.clone()).await {
             Ok(uid) => break uid,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "registering the Node failed; retrying");
+                tracing::warn!(error = %error_text(&e), "registering the Node failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|v| *v) => return Ok(()),
@@ -226,7 +271,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         }
     };
     if let Err(e) = heartbeat::renew_lease(&ctx, &node_uid).await {
-        tracing::warn!(error = %e, "creating the node Lease failed");
+        tracing::warn!(error = %error_text(&e), "creating the node Lease failed");
     }
     let hb = tokio::spawn(heartbeat::heartbeat_loop(
         ctx.clone(),
@@ -237,7 +282,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = logs::serve(ctx).await {
-                tracing::error!(error = %format!("{e:#}"), "the container log server stopped");
+                tracing::error!(error = %error_text(&e), "the container log server stopped");
             }
         })
     });
@@ -253,7 +298,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
 }
 
 struct WorkerHandle {
-    tx: pods::PodTx,
+    tx: pod::PodTx,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -290,7 +335,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                     Some(w) => {
                         let _ = w.tx.send(None);
                     }
-                    None => remove_pod_dir(&ctx.opts.work_dir, &uid),
+                    None => poddir::remove(&ctx.opts.work_dir, &uid),
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -305,7 +350,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                         let uid = e.file_name().to_string_lossy().into_owned();
                         if !seen.contains(&uid) && !workers.contains_key(&uid) {
                             tracing::info!(uid = %uid, "removing the dir of a pod that no longer exists");
-                            remove_pod_dir(&ctx.opts.work_dir, &uid);
+                            poddir::remove(&ctx.opts.work_dir, &uid);
                         }
                     }
                 }
@@ -316,7 +361,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     // Shutdown: every worker stops its containers.
     let tasks: Vec<_> = workers.into_values().map(|w| w.task).collect();
     let _ = tokio::time::timeout(
-        pods::SHUTDOWN_GRACE + Duration::from_secs(6),
+        pod::SHUTDOWN_GRACE + Duration::from_secs(6),
         futures::future::join_all(tasks),
     )
     .await;
@@ -331,65 +376,8 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, WorkerHandle>, pod: Po
         return;
     }
     let (tx, rx) = watch::channel(Some(Arc::new(pod)));
-    let task = tokio::spawn(pods::run_pod(ctx.clone(), rx));
+    let task = tokio::spawn(pod::run_pod(ctx.clone(), rx));
     workers.insert(uid, WorkerHandle { tx, task });
-}
-
-fn remove_pod_dir(work_dir: &Path, uid: &str) {
-    let dir = pods::pod_dir(work_dir, uid);
-    if dir.exists() {
-        kill_pod_dir(&dir);
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
-
-/// Kills every still-running container process recorded under a pod dir.
-pub(crate) fn kill_pod_dir(pod_dir: &Path) {
-    let Ok(rd) = fs::read_dir(pod_dir.join("containers")) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let cdir = e.path();
-        let Some(s) = exec::read_json::<StartedRecord>(&cdir.join(exec::STARTED_FILE)) else {
-            continue;
-        };
-        if cdir.join(exec::EXIT_FILE).exists() {
-            continue;
-        }
-        if s.pid <= 1 || s.wrapper_pid <= 1 {
-            continue;
-        }
-        let program = exec::read_json::<ExecSpec>(&cdir.join("spec.json")).map(|spec| spec.program);
-        let ours = |pid: i32| {
-            process_group_of(pid) == Some(s.wrapper_pid)
-                && program.is_some()
-                && fs::read_link(format!("/proc/{pid}/exe")).ok() == program
-        };
-        if ours(s.pid) {
-            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
-        }
-        if pods::wrapper_alive(s.wrapper_pid, &cdir) || ours(s.pid) {
-            let _ = killpg(Pid::from_raw(s.wrapper_pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn process_group_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid pgrp ...; comm may contain spaces: split after ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Best effort: kills any pod process recorded under `work_dir` (the supervisor
-/// calls it after the node agent has exited).
-pub fn kill_leftovers(work_dir: &Path) {
-    let Ok(rd) = fs::read_dir(work_dir.join("pods")) else {
-        return;
-    };
-    for e in rd.flatten() {
-        kill_pod_dir(&e.path());
-    }
 }
 
 #[cfg(test)]
@@ -423,29 +411,20 @@ mod tests {
     }
 
     #[test]
-    fn process_group_parsing() {
-        let me = std::process::id() as i32;
-        assert!(process_group_of(me).is_some());
-        assert_eq!(process_group_of(-5), None);
-    }
-
-    #[test]
-    fn kill_leftovers_tolerates_missing_dirs() {
-        kill_leftovers(Path::new("/nonexistent/sa-lab"));
-        let d = test_dir("leftovers");
-        let c = d.join("pods/u1/containers/c");
-        fs::create_dir_all(&c).unwrap();
-        // A record whose wrapper is long gone (pid 1 is not a pod-exec).
-        exec::write_json_atomic(
-            &c.join(exec::STARTED_FILE),
-            &StartedRecord {
-                wrapper_pid: 1,
-                pid: 1,
-                started_at: exec::now_rfc3339(),
-            },
-        )
-        .unwrap();
-        kill_leftovers(&d);
-        fs::remove_dir_all(&d).unwrap();
+    fn error_text_joins_sources_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = Error::WorkDir {
+            path: "/w".into(),
+            source: io,
+        };
+        assert_eq!(error_text(&e), "cannot create the node work dir /w: gone");
+        let status = kube::core::Status::failure("serviceaccounts \"x\" not found", "NotFound")
+            .with_code(404);
+        let api = kube::Error::Api(Box::new(status));
+        let t = tokens::Error::Fetch(api);
+        assert_eq!(
+            error_text(&t),
+            "failed to fetch token: serviceaccounts \"x\" not found"
+        );
     }
 }

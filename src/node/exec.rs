@@ -2,10 +2,10 @@
 //!
 //! The node agent writes an [`ExecSpec`] and starts `sa-lab pod-exec` in a new
 //! session. This fresh, single-threaded process gives the container its own
-//! mount namespace (and UTS namespace, for the Pod's hostname): a private tmpfs
-//! over `/run/secrets`, a small private `/dev` whose `termination-log` is a
-//! per-container file on the host, and every volumeMount bind-mounted at its
-//! mountPath. It then starts the lab program with the container's env and its
+//! mount namespace (and UTS namespace, for the Pod's hostname; see
+//! [`super::mountns`]): a private `/run` without `secrets`, a small private
+//! `/dev` whose `termination-log` is a per-container file on the host, and
+//! every volumeMount bind-mounted at its mountPath. It then starts the lab program with the container's env and its
 //! output going to the container log, waits for it and records how it ended in
 //! `exit.json`, so a restarted node agent can still tell.
 

@@ -208,9 +208,6 @@ pub async fn run(opts: NodeOptions) -> Result<(), Error> {
             }
         }
     };
-    if nix::unistd::geteuid().is_root() {
-        let _ = fs::create_dir_all(mountns::host_run_dir().join("secrets"));
-    }
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
     }

@@ -1,7 +1,15 @@
 //! The container's mount namespace, built by `pod-exec` before it starts the
-//! program: a private, empty `/run/secrets`, a small private `/dev` whose
-//! `termination-log` is a per-container file on the host, and every
-//! volumeMount bind-mounted at its mountPath (parents first).
+//! program: a private `/run` (the host's entries, but no `secrets`), a small
+//! private `/dev` whose `termination-log` is a per-container file on the
+//! host, and every volumeMount bind-mounted at its mountPath (parents first).
+//!
+//! The container sees the host's files, not an image, so a path the host
+//! has cannot simply be left out: it is hidden by mounting over its parent.
+//! `/run` (where `/var/run` points) is rebuilt on a tmpfs from the host's
+//! entries less `secrets`, so `/var/run/secrets/kubernetes.io/serviceaccount`
+//! exists exactly when a volume is mounted at or below it, as in a container
+//! on a kubelet, whatever the host holds there. Mount points made for
+//! volumes below `/run` land on that tmpfs, never on the host.
 
 use std::fs::{self, File};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -46,8 +54,40 @@ fn create(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// The directory holding `secrets` on the host: `/var/run` is usually `/run`.
-pub(crate) fn host_run_dir() -> PathBuf {
+fn host_run_dir() -> PathBuf {
     fs::canonicalize("/var/run").unwrap_or_else(|_| PathBuf::from("/run"))
+}
+
+/// The host's entry the container's `/run` leaves out (ServiceAccount
+/// tokens live below it, at `secrets/kubernetes.io/serviceaccount`).
+const HIDDEN: &str = "secrets";
+
+/// Rebuilds `run` (in the calling thread's private mount namespace) as a
+/// tmpfs holding every entry of the host's `run` except [`HIDDEN`]: dirs and
+/// files bind-mounted, symlinks copied. Built at `staging` first, then bound
+/// over `run`.
+fn private_run(run: &Path, staging: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = fs::metadata(run).map_err(create(run))?.mode() & 0o7777;
+    fs::create_dir_all(staging).map_err(create(staging))?;
+    mount_tmpfs(staging, &format!("mode={mode:o}"))?;
+    for entry in fs::read_dir(run).map_err(create(run))? {
+        let entry = entry.map_err(create(run))?;
+        let name = entry.file_name();
+        if name == HIDDEN {
+            continue;
+        }
+        let (from, to) = (entry.path(), staging.join(&name));
+        let ty = entry.file_type().map_err(create(&from))?;
+        if ty.is_symlink() {
+            let target = fs::read_link(&from).map_err(create(&from))?;
+            symlink(target, &to).map_err(create(&to))?;
+        } else {
+            make_mount_point(&to, ty.is_dir())?;
+            bind(&from, &to, false)?;
+        }
+    }
+    bind(staging, run, false)
 }
 
 /// Moves the calling (single-threaded) process into the container's mount
@@ -73,15 +113,7 @@ pub fn enter(spec: &ExecSpec) -> Result<(), Error> {
     .map_err(Error::Private)?;
     let _ = sethostname(&spec.hostname);
 
-    // A private, empty /run/secrets (kubernetes.io/serviceaccount lives below it).
-    let run = host_run_dir();
-    let secrets = run.join("secrets");
-    if !secrets.is_dir() && fs::create_dir_all(&secrets).is_err() {
-        // Not root and no /run/secrets on the host: a private /run instead.
-        mount_tmpfs(&run, "mode=0755")?;
-        fs::create_dir_all(&secrets).map_err(create(&secrets))?;
-    }
-    mount_tmpfs(&secrets, "mode=0755")?;
+    private_run(&host_run_dir(), &spec.state_dir.join("run"))?;
 
     let dev_termination_log = private_dev(spec)?;
     volume_mounts(spec)?;
@@ -219,4 +251,86 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), Error> {
             .map_err(|e| Error::ReadOnly(target.to_path_buf(), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A host `run` dir that holds `secrets/kubernetes.io/serviceaccount`:
+    /// the private view has every other entry and no `secrets`, and what
+    /// is created below it stays off the host. Mounts need root: the test
+    /// runs the view in a thread of its own mount namespace.
+    #[test]
+    fn private_run_hides_secrets_whatever_the_host_has() {
+        if !geteuid().is_root() {
+            eprintln!("private_run_hides_secrets_whatever_the_host_has: needs root for mounts");
+            return;
+        }
+        let d = crate::node::test_dir("mountns");
+        let run = d.join("run");
+        fs::create_dir_all(run.join("secrets/kubernetes.io/serviceaccount")).unwrap();
+        fs::write(
+            run.join("secrets/kubernetes.io/serviceaccount/token"),
+            "host",
+        )
+        .unwrap();
+        fs::create_dir_all(run.join("lock/sub")).unwrap();
+        fs::write(run.join("file"), "f").unwrap();
+        symlink("/dev/shm", run.join("shm")).unwrap();
+        let (r, staging) = (run.clone(), d.join("staging"));
+        let seen = std::thread::spawn(move || {
+            unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS) in a thread");
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            private_run(&r, &staging).expect("private run");
+            let sa = r.join("secrets/kubernetes.io/serviceaccount");
+            let absent = !sa.exists() && !r.join("secrets").exists();
+            // A volume mounted below it gets its mount point on the tmpfs.
+            make_mount_point(&sa, true).unwrap();
+            let made = sa.is_dir() && entries(&sa).is_empty();
+            let lock_sub = r.join("lock/sub").is_dir();
+            let file = fs::read_to_string(r.join("file")).unwrap_or_default();
+            let link = fs::read_link(r.join("shm")).ok();
+            (entries(&r), absent, made, lock_sub, file, link)
+        })
+        .join()
+        .expect("the namespace thread");
+        let (names, absent, made, lock_sub, file, link) = seen;
+        assert_eq!(
+            names,
+            ["file", "lock", "secrets", "shm"],
+            "after the mount point"
+        );
+        assert!(absent, "secrets hidden in the view");
+        assert!(made && lock_sub, "mount point made; host dirs visible");
+        assert_eq!(
+            (file.as_str(), link),
+            ("f", Some(PathBuf::from("/dev/shm")))
+        );
+        // The host is untouched: its token is still there, nothing new.
+        let token = run.join("secrets/kubernetes.io/serviceaccount/token");
+        assert_eq!(fs::read_to_string(token).unwrap(), "host");
+        assert_eq!(entries(&run), ["file", "lock", "secrets", "shm"]);
+        assert!(
+            entries(&d.join("staging")).is_empty(),
+            "nothing propagated to the host"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -96,7 +96,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Another node agent holds the work dir's lock.
+    /// Another node agent still holds the work dir's lock after [`LOCK_WAIT`].
     #[error("another node agent holds {}", .0.display())]
     Locked(PathBuf),
 }
@@ -152,7 +152,13 @@ async fn client_from(kubeconfig: &Path) -> Result<Client, Error> {
     })
 }
 
-fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
+/// How long a starting agent waits for the previous one (a restart may
+/// briefly overlap the old agent's exit) to release the work dir's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the work dir's lock, waiting for a previous agent to release it
+/// (a blocking flock(2) wakes when it does) for at most [`LOCK_WAIT`].
+async fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
     let path = work_dir.join("agent.lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -163,7 +169,21 @@ fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
             path: path.clone(),
             source,
         })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Locked(path))
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(lock),
+        Err((file, _)) => file,
+    };
+    tracing::warn!("waiting for {} (another node agent?)", path.display());
+    // A plain thread, not the runtime's blocking pool: if the wait times
+    // out, the agent exits without waiting for the thread.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive));
+    });
+    match tokio::time::timeout(LOCK_WAIT, rx).await {
+        Ok(Ok(Ok(lock))) => Ok(lock),
+        _ => Err(Error::Locked(path)),
+    }
 }
 
 /// Reads [`NodeOptions`] (JSON) from `path` and [`run`]s the node agent.
@@ -191,23 +211,7 @@ pub async fn run(opts: NodeOptions) -> Result<(), Error> {
             source,
         }
     })?;
-    // A restarted agent may briefly overlap the old one's exit.
-    let _lock = {
-        let mut tries = 0;
-        loop {
-            match lock_work_dir(&wd) {
-                Ok(l) => break l,
-                Err(Error::Locked(p)) if tries < 50 => {
-                    tries += 1;
-                    if tries == 1 {
-                        tracing::warn!("waiting for {} (another node agent?)", p.display());
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
+    let _lock = lock_work_dir(&wd).await?;
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
     }
@@ -306,17 +310,14 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut reap = tokio::time::interval(Duration::from_secs(5));
     loop {
         let ev = tokio::select! {
             ev = stream.next() => ev,
             _ = shutdown.wait_for(|v| *v) => break,
-            _ = reap.tick() => {
-                workers.retain(|_, w| !w.task.is_finished());
-                continue;
-            }
         };
         let Some(ev) = ev else { break };
+        // Forget the workers whose pods are done with.
+        workers.retain(|_, w| !w.task.is_finished());
         match ev {
             Ok(watcher::Event::Init) => seen.clear(),
             Ok(watcher::Event::InitApply(pod)) => {
@@ -405,6 +406,19 @@ mod tests {
         .unwrap();
         assert_eq!(o.name, "sandbox-node");
         assert_eq!(o.kubelet_port, 10250);
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_gets_the_lock_once_the_first_lets_go() {
+        let d = test_dir("lock");
+        let first = lock_work_dir(&d).await.unwrap();
+        let second = tokio::spawn({
+            let d = d.clone();
+            async move { lock_work_dir(&d).await }
+        });
+        drop(first);
+        second.await.unwrap().expect("the lock, once released");
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

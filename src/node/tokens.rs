@@ -50,6 +50,14 @@ pub struct TokenCache {
     tokens: Mutex<HashMap<String, CachedToken>>,
 }
 
+impl TokenCache {
+    /// The earliest time a cached token is due for a refresh.
+    pub fn next_refresh(&self) -> Option<jiff::Timestamp> {
+        let tokens = self.tokens.lock().expect("token cache");
+        tokens.values().map(CachedToken::refresh_at).min()
+    }
+}
+
 /// The token for projection `tp` of volume `vol`: the cached one while it is
 /// fresh, else a new TokenRequest. A failed refresh keeps a token that has
 /// not expired yet, as the kubelet does.
@@ -148,6 +156,25 @@ mod tests {
         assert!(!t(500, 600).needs_refresh(now));
         // Tokens older than 24 h are refreshed whatever their TTL.
         assert!(t(365 * 86400 - 25 * 3600, 365 * 86400).needs_refresh(now));
+    }
+
+    #[test]
+    fn next_refresh_is_the_earliest() {
+        let cache = TokenCache::default();
+        assert_eq!(cache.next_refresh(), None);
+        let now = jiff::Timestamp::now().as_second();
+        for (key, secs_left, ttl) in [("a/token", 3600, 3600), ("b/token", 600, 600)] {
+            cache.tokens.lock().unwrap().insert(
+                key.into(),
+                CachedToken {
+                    token: String::new(),
+                    expires: jiff::Timestamp::from_second(now + secs_left).unwrap(),
+                    ttl_secs: ttl,
+                },
+            );
+        }
+        // b: issued now, 600 s TTL -> due 480 s from now.
+        assert_eq!(cache.next_refresh().unwrap().as_second(), now + 480);
     }
 
     #[test]

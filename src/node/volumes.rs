@@ -3,7 +3,7 @@
 //! downwardAPI, emptyDir and hostPath. Files are written atomically
 //! ([`super::atomic`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use futures::future::try_join_all;
@@ -75,6 +75,38 @@ pub enum Error {
     /// A projected source the sandbox node does not implement.
     #[error("this projected volume source is not supported by the sa-lab sandbox node")]
     UnsupportedProjection,
+}
+
+/// The configMaps and secrets a Pod's volumes read: a change to one of
+/// them is a reason to set the volumes up again.
+#[derive(Debug, Default, PartialEq)]
+pub struct Sources {
+    pub configmaps: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+}
+
+/// The configMaps and secrets named by `pod`'s volumes (projected sources included).
+pub fn sources(pod: &Pod) -> Sources {
+    let mut out = Sources::default();
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    for v in volumes.into_iter().flatten() {
+        if let Some(c) = &v.config_map {
+            out.configmaps.insert(c.name.clone());
+        }
+        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            out.secrets.insert(s);
+        }
+        let projected = v.projected.as_ref().and_then(|p| p.sources.as_ref());
+        for p in projected.into_iter().flatten() {
+            if let Some(c) = &p.config_map {
+                out.configmaps.insert(c.name.clone());
+            }
+            if let Some(s) = &p.secret {
+                out.secrets.insert(s.name.clone());
+            }
+        }
+    }
+    out
 }
 
 pub struct VolumeCtx<'a> {
@@ -405,6 +437,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn sources_are_the_objects_volumes_read() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "configMap": {"name": "cm1"}},
+                {"name": "b", "secret": {"secretName": "s1"}},
+                {"name": "c", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt"}},
+                    {"secret": {"name": "s2"}}]}},
+                {"name": "d", "emptyDir": {}}]}
+        }))
+        .unwrap();
+        let s = sources(&pod);
+        assert_eq!(
+            s.configmaps.into_iter().collect::<Vec<_>>(),
+            ["cm1", "kube-root-ca.crt"]
+        );
+        assert_eq!(s.secrets.into_iter().collect::<Vec<_>>(), ["s1", "s2"]);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use super::{Worker, parse_ts};
 use crate::node::exec::{self, EXIT_FILE, ExitRecord};
@@ -73,18 +72,12 @@ impl Worker {
 }
 
 impl TermInfo {
-    /// The terminated state once the container's wrapper has exited.
-    pub(super) async fn read(self, cdir: &Path, pid: Option<i32>) -> Term {
-        // exit.json is written just before the wrapper exits; allow a moment.
-        let mut rec: Option<ExitRecord> = None;
-        for _ in 0..20 {
-            rec = exec::read_json(&cdir.join(EXIT_FILE));
-            if rec.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let Some(rec) = rec else {
+    /// The terminated state once the container's wrapper has exited. The
+    /// wrapper renames `exit.json` into place before it exits, so a wrapper
+    /// that is gone without one never wrote it (it was killed, or failed
+    /// before it could: then `pod-exec.log` says why).
+    pub(super) fn read(self, cdir: &Path, pid: Option<i32>) -> Term {
+        let Some(rec) = exec::read_json::<ExitRecord>(&cdir.join(EXIT_FILE)) else {
             let why = fs::read_to_string(cdir.join("pod-exec.log")).unwrap_or_default();
             let mut t = unknown_term();
             if !why.trim().is_empty() {

@@ -13,6 +13,22 @@ use super::{CState, Worker, parse_ts, ts};
 use crate::node::exec::{self, EXIT_FILE, ExitRecord, STARTED_FILE, StartedRecord};
 use crate::node::poddir::wrapper_alive;
 
+/// Returns once the `pod-exec` wrapper `wrapper_pid` (running `cdir`'s
+/// spec) has exited. Errs only when the kernel offers no pidfd.
+async fn wrapper_exit(wrapper_pid: i32, cdir: &std::path::Path) -> std::io::Result<()> {
+    let fd = match crate::sys::pidfd_open(wrapper_pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // The pid may have been reused between the check and the open.
+    if !wrapper_alive(wrapper_pid, cdir) {
+        return Ok(());
+    }
+    let _exited = crate::sys::readable(fd)?.readable().await?;
+    Ok(())
+}
+
 /// A terminated state the API recorded (by an earlier agent).
 fn term_from_api(t: ContainerStateTerminated) -> Term {
     Term {
@@ -83,7 +99,7 @@ impl Worker {
         let name = &self.containers[i].spec.name;
         tracing::info!(pod = %self.name, container = %name, pid = s.pid, "adopting a running container");
         let started_at = parse_ts(&Some(s.started_at.clone())).unwrap_or_else(jiff::Timestamp::now);
-        self.spawn_poll_waiter(i, s.wrapper_pid, s.pid, cdir);
+        self.spawn_exit_waiter(i, s.wrapper_pid, s.pid, cdir);
         CState::Running {
             started_at,
             pid: s.pid,
@@ -91,18 +107,19 @@ impl Worker {
         }
     }
 
-    /// Waits for an adopted container (not our child) by watching its wrapper.
-    fn spawn_poll_waiter(&self, i: usize, wrapper_pid: i32, pid: i32, cdir: PathBuf) {
+    /// Waits for an adopted container (not our child) to end: on a pidfd of
+    /// its wrapper, which becomes readable when the wrapper exits.
+    fn spawn_exit_waiter(&self, i: usize, wrapper_pid: i32, pid: i32, cdir: PathBuf) {
         let tx = self.exit_tx.clone();
         let info = self.term_info(i);
         tokio::spawn(async move {
-            loop {
-                if cdir.join(EXIT_FILE).exists() || !wrapper_alive(wrapper_pid, &cdir) {
-                    break;
+            if let Err(e) = wrapper_exit(wrapper_pid, &cdir).await {
+                tracing::warn!(error = %e, wrapper_pid, "cannot watch an adopted container; checking every second");
+                while wrapper_alive(wrapper_pid, &cdir) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let t = info.read(&cdir, Some(pid)).await;
+            let t = info.read(&cdir, Some(pid));
             let _ = tx.send((i, t));
         });
     }

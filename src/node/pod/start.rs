@@ -267,7 +267,7 @@ impl Worker {
         let waiter_dir = cdir.clone();
         tokio::spawn(async move {
             let _ = child.wait().await;
-            let t = info.read(&waiter_dir, pid).await;
+            let t = info.read(&waiter_dir, pid);
             let _ = tx.send((i, t));
         });
         // Without a pid the wrapper failed before the program ran; its waiter reports StartError.

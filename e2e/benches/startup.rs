@@ -94,7 +94,7 @@ async fn wait<K>(
     api: &Api<K>,
     name: &str,
     secs: u64,
-    cond: impl Fn(Option<&K>) -> bool,
+    cond: impl kube::runtime::wait::Condition<K>,
 ) -> Option<K>
 where
     K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
@@ -155,7 +155,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     // The namespace's default ServiceAccount (created by the KCM).
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    wait(&sas, "default", 30, |sa| sa.is_some()).await;
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
 
     let mut times = Vec::new();
     for i in 0..pod_runs {
@@ -206,9 +206,11 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
         )
         .await
         .expect("create pod");
-        let p = wait(&pods, &pod_name, 60, |p| phase(p) == "Running")
-            .await
-            .expect("running pod");
+        let p = wait(&pods, &pod_name, 60, |p: Option<&Pod>| {
+            phase(p) == "Running"
+        })
+        .await
+        .expect("running pod");
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let t = Instant::now();
         pods.delete(&pod_name, &DeleteParams::default())
@@ -238,7 +240,10 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     let mut intervals = Vec::new();
     for _ in 0..lease_renewals {
         let before = last.clone();
-        let l = wait(&leases, &info.node_name, 60, |l| renew(l) > before).await;
+        let l = wait(&leases, &info.node_name, 60, |l: Option<&Lease>| {
+            renew(l) > before
+        })
+        .await;
         let now = renew(l.as_ref());
         if let (Some(a), Some(b)) = (&last, &now) {
             intervals.push(b.0.duration_since(a.0).as_secs_f64());

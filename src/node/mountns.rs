@@ -103,14 +103,7 @@ pub fn enter(spec: &ExecSpec) -> Result<(), Error> {
             .map_err(|e| Error::Unshare("CLONE_NEWUSER|CLONE_NEWNS", e))?;
         write_id_maps(uid, gid)?;
     }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(Error::Private)?;
+    make_private()?;
     let _ = sethostname(&spec.hostname);
 
     private_run(&host_run_dir(), &spec.state_dir.join("run"))?;
@@ -184,6 +177,19 @@ fn volume_mounts(spec: &ExecSpec) -> Result<(), Error> {
         bind(&m.source, target, m.read_only)?;
     }
     Ok(())
+}
+
+/// Makes every mount of the (new) namespace private, so nothing done in it
+/// propagates to the host.
+fn make_private() -> Result<(), Error> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(Error::Private)
 }
 
 fn write_id_maps(uid: Uid, gid: Gid) -> Result<(), Error> {
@@ -290,14 +296,7 @@ mod tests {
         let (r, staging) = (run.clone(), d.join("staging"));
         let seen = std::thread::spawn(move || {
             unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS) in a thread");
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .unwrap();
+            make_private().unwrap();
             private_run(&r, &staging).expect("private run");
             let sa = r.join("secrets/kubernetes.io/serviceaccount");
             let absent = !sa.exists() && !r.join("secrets").exists();

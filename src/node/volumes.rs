@@ -469,28 +469,21 @@ mod tests {
             mode: None,
             ..Default::default()
         }];
-        let err = select(
-            "configmap",
-            "cm",
-            all(&[("a", "1")]),
-            Some(&items),
-            false,
-            0o644,
-        )
-        .unwrap_err();
+        let select_nope = |optional| {
+            select(
+                "configmap",
+                "cm",
+                all(&[("a", "1")]),
+                Some(&items),
+                optional,
+                0o644,
+            )
+        };
+        let err = select_nope(false).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"configuration error: configmap "cm" has no key "nope""#
         );
-        let p = select(
-            "configmap",
-            "cm",
-            all(&[("a", "1")]),
-            Some(&items),
-            true,
-            0o644,
-        )
-        .unwrap();
-        assert!(p.is_empty());
+        assert!(select_nope(true).unwrap().is_empty());
     }
 }

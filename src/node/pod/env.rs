@@ -3,6 +3,9 @@
 //! even when automount is off), `envFrom`, then `env` with `valueFrom` and
 //! `$(VAR)` expansion, and `HOME` last.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvFromSource, EnvVarSource, Secret};
 use kube::Api;
 
@@ -99,68 +102,55 @@ impl Worker {
         Ok(env.0)
     }
 
-    fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.ctx.client.clone(), &self.ns)
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.ctx.client.clone(), &self.ns)
-    }
-
-    fn fetch_error(&self, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
-        let (ns, name) = (self.ns.clone(), name.to_string());
-        move |source| Error::Fetch {
-            kind,
-            ns,
-            name,
+    /// The data of configMap or secret `name` (secret values as text);
+    /// `None` when it does not exist.
+    async fn object_data(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+        let client = self.ctx.client.clone();
+        let fetched = match kind {
+            Kind::ConfigMap => Api::<ConfigMap>::namespaced(client, &self.ns)
+                .get_opt(name)
+                .await
+                .map(|cm| cm.map(|cm| cm.data.unwrap_or_default())),
+            Kind::Secret => Api::<Secret>::namespaced(client, &self.ns)
+                .get_opt(name)
+                .await
+                .map(|s| s.map(|s| text_values(s.data.unwrap_or_default()))),
+        };
+        fetched.map_err(|source| Error::Fetch {
+            kind: kind.lower(),
+            ns: self.ns.clone(),
+            name: name.to_string(),
             source,
-        }
+        })
     }
 
     /// Every key of an `envFrom` configMap or secret, with its prefix.
     async fn env_from(&self, from: &EnvFromSource, env: &mut Env) -> Result<(), Error> {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = &from.config_map_ref {
-            let cm = self
-                .configmaps()
-                .get_opt(&r.name)
-                .await
-                .map_err(self.fetch_error("configmap", &r.name))?;
-            match cm {
-                Some(cm) => {
-                    for (k, v) in cm.data.unwrap_or_default() {
+        let refs = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (Kind::ConfigMap, &r.name, r.optional)),
+            from.secret_ref
+                .as_ref()
+                .map(|r| (Kind::Secret, &r.name, r.optional)),
+        ];
+        for (kind, name, optional) in refs.into_iter().flatten() {
+            match self.object_data(kind, name).await? {
+                Some(data) => {
+                    for (k, v) in data {
                         env.set(format!("{prefix}{k}"), v);
                     }
                 }
-                None if r.optional == Some(true) => {}
+                None if optional == Some(true) => {}
                 None => {
                     return Err(Error::NotFound {
-                        kind: "configmap",
-                        name: r.name.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            let s = self
-                .secrets()
-                .get_opt(&r.name)
-                .await
-                .map_err(self.fetch_error("secret", &r.name))?;
-            match s {
-                Some(s) => {
-                    for (k, v) in s.data.unwrap_or_default() {
-                        env.set(
-                            format!("{prefix}{k}"),
-                            String::from_utf8_lossy(&v.0).into_owned(),
-                        );
-                    }
-                }
-                None if r.optional == Some(true) => {}
-                None => {
-                    return Err(Error::NotFound {
-                        kind: "secret",
-                        name: r.name.clone(),
+                        kind: kind.lower(),
+                        name: name.clone(),
                     });
                 }
             }
@@ -174,50 +164,66 @@ impl Worker {
         c: &Container,
         from: &EnvVarSource,
     ) -> Result<Option<String>, Error> {
-        let missing = |kind: &'static str, name: &str, key: &str| Error::MissingKey {
-            kind,
-            ns: self.ns.clone(),
-            name: name.to_string(),
-            key: key.to_string(),
-        };
-        if let Some(f) = &from.field_ref {
-            Ok(Some(downward::field_value(&self.pod, &f.field_path)?))
+        let key_ref = if let Some(f) = &from.field_ref {
+            return Ok(Some(downward::field_value(&self.pod, &f.field_path)?));
         } else if let Some(r) = &from.resource_field_ref {
             let mut r = r.clone();
             if r.container_name.as_deref().unwrap_or("").is_empty() {
                 r.container_name = Some(c.name.clone());
             }
-            Ok(Some(downward::resource_value(
-                &self.pod,
-                &r,
-                self.ctx.node_res,
-            )?))
+            let node = self.ctx.node_res;
+            return Ok(Some(downward::resource_value(&self.pod, &r, node)?));
         } else if let Some(k) = &from.config_map_key_ref {
-            let cm = self
-                .configmaps()
-                .get_opt(&k.name)
-                .await
-                .map_err(self.fetch_error("configmap", &k.name))?;
-            match cm.and_then(|cm| cm.data.unwrap_or_default().get(&k.key).cloned()) {
-                Some(v) => Ok(Some(v)),
-                None if k.optional == Some(true) => Ok(None),
-                None => Err(missing("ConfigMap", &k.name, &k.key)),
-            }
+            (Kind::ConfigMap, &k.name, &k.key, k.optional)
         } else if let Some(k) = &from.secret_key_ref {
-            let s = self
-                .secrets()
-                .get_opt(&k.name)
-                .await
-                .map_err(self.fetch_error("secret", &k.name))?;
-            match s.and_then(|s| s.data.unwrap_or_default().get(&k.key).cloned()) {
-                Some(v) => Ok(Some(String::from_utf8_lossy(&v.0).into_owned())),
-                None if k.optional == Some(true) => Ok(None),
-                None => Err(missing("Secret", &k.name, &k.key)),
-            }
+            (Kind::Secret, &k.name, &k.key, k.optional)
         } else {
-            Ok(Some(String::new()))
+            return Ok(Some(String::new()));
+        };
+        let (kind, name, key, optional) = key_ref;
+        let data = self.object_data(kind, name).await?;
+        match data.and_then(|mut d| d.remove(key)) {
+            Some(v) => Ok(Some(v)),
+            None if optional == Some(true) => Ok(None),
+            None => Err(Error::MissingKey {
+                kind: kind.title(),
+                ns: self.ns.clone(),
+                name: name.clone(),
+                key: key.clone(),
+            }),
         }
     }
+}
+
+/// Where env values come from besides the Pod itself.
+#[derive(Clone, Copy)]
+enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+impl Kind {
+    /// As in "configmap \"x\" not found".
+    fn lower(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
+        }
+    }
+
+    /// As in "couldn't find key k in ConfigMap ns/x".
+    fn title(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+        }
+    }
+}
+
+fn text_values(data: BTreeMap<String, ByteString>) -> BTreeMap<String, String> {
+    data.into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
 }
 
 /// Kubernetes' `$(VAR)` expansion: defined names are replaced, `$$` is `$`,

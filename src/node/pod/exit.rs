@@ -88,13 +88,13 @@ impl TermInfo {
             t.pid = pid;
             return t;
         };
-        self.from_record(rec, cdir, pid)
+        self.term_of(rec, cdir, pid)
     }
 
     /// The terminated state a kubelet reports for a container's exit record:
     /// reason Completed/Error (StartError if it never ran), the termination
     /// message (or, with FallbackToLogsOnError, the log tail after a failure).
-    pub(super) fn from_record(self, rec: ExitRecord, cdir: &Path, pid: Option<i32>) -> Term {
+    pub(super) fn term_of(self, rec: ExitRecord, cdir: &Path, pid: Option<i32>) -> Term {
         let finished_at =
             parse_ts(&Some(rec.finished_at.clone())).unwrap_or_else(jiff::Timestamp::now);
         if let Some(err) = rec.start_error {
@@ -202,19 +202,19 @@ mod tests {
             fallback_to_logs: true,
         };
         fs::write(d.join("log"), "last words\n").unwrap();
-        let t = plain.from_record(rec(0, None), &d, Some(5));
+        let t = plain.term_of(rec(0, None), &d, Some(5));
         assert_eq!(
             (t.reason.as_str(), t.message, t.pid),
             ("Completed", None, Some(5))
         );
-        let t = plain.from_record(rec(2, None), &d, None);
+        let t = plain.term_of(rec(2, None), &d, None);
         assert_eq!((t.reason.as_str(), t.message), ("Error", None));
-        let t = fallback.from_record(rec(2, None), &d, None);
+        let t = fallback.term_of(rec(2, None), &d, None);
         assert_eq!(t.message.as_deref(), Some("last words"));
-        let t = plain.from_record(rec(128, Some("no such program")), &d, None);
+        let t = plain.term_of(rec(128, Some("no such program")), &d, None);
         assert_eq!((t.reason.as_str(), t.exit_code), ("StartError", 128));
         fs::write(d.join("termination-log"), "bye").unwrap();
-        let t = fallback.from_record(rec(2, None), &d, None);
+        let t = fallback.term_of(rec(2, None), &d, None);
         assert_eq!(t.message.as_deref(), Some("bye"));
         fs::remove_dir_all(&d).unwrap();
     }

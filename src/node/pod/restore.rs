@@ -67,7 +67,7 @@ impl Worker {
             let started: Option<StartedRecord> = exec::read_json(&cdir.join(STARTED_FILE));
             let state = if let Some(rec) = exit {
                 let pid = started.as_ref().map(|s| s.pid);
-                CState::Terminated(self.term_info(i).from_record(rec, &cdir, pid))
+                CState::Terminated(self.term_info(i).term_of(rec, &cdir, pid))
             } else if let Some(s) = started {
                 self.adopt(i, s, cdir)
             } else {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use sa_lab::local::{self, UpOptions};
 use serde_json::json;
@@ -212,6 +212,20 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
         .await
         .expect("running pod");
         let uid = p.metadata.uid.clone().unwrap_or_default();
+        // Its SIGTERM handler is in place once it says "sleeping".
+        let follow = LogParams {
+            follow: true,
+            ..Default::default()
+        };
+        let log = pods.log_stream(&pod_name, &follow).await.expect("log");
+        let mut lines = futures::AsyncBufReadExt::lines(log);
+        while !lines
+            .next()
+            .await
+            .expect("a log line")
+            .expect("log")
+            .contains("sleeping")
+        {}
         let t = Instant::now();
         pods.delete(&pod_name, &DeleteParams::default())
             .await

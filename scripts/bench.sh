@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks: medians over several runs, printed on stdout.
 #
-#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3]
+#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
-# 2. Pod create to Succeeded for a trivial lab Pod (median and p95);
+# 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
+#    and p95), a graceful delete to the Pod gone (the program exits on
+#    SIGTERM), and the interval between the node's Lease renewals;
 # 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down).
+# The e2e tests assert behaviour only; every timing lives here.
 # Everything runs the same debug build the README's commands use.
 set -o errexit -o nounset -o pipefail
 
@@ -17,6 +20,7 @@ median() {
 
 main() {
   local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
+  local delete_runs="${4:-5}" lease_renewals="${5:-3}"
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
@@ -26,7 +30,8 @@ main() {
   cargo build --workspace --bins --locked --quiet
 
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
-  cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- "${up_runs}" "${pod_runs}"
+  cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- \
+    "${up_runs}" "${pod_runs}" "${delete_runs}" "${lease_renewals}"
 
   local times=() i start end
   for ((i = 0; i < tour_runs; i++)); do

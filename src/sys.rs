@@ -1,7 +1,10 @@
 //! The one place with `unsafe`: hooks that run in a freshly forked child
-//! before `exec`. Each hook makes a single async-signal-safe system call.
+//! before `exec` (each makes a single async-signal-safe system call),
+//! `pidfd_open(2)`, which nix does not wrap, and handing an owned file
+//! descriptor to tokio's reactor.
 #![allow(unsafe_code)]
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
 /// Starts the child in a new session (its own process group, no controlling
@@ -29,5 +32,40 @@ pub fn die_with_parent(cmd: &mut Command) {
                 .map_err(std::io::Error::from)?;
             Ok(())
         });
+    }
+}
+
+/// A pidfd for process `pid` (Linux 5.3+): it becomes readable when the
+/// process exits, whoever its parent is, so a process that is not our child
+/// can be awaited instead of polled.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes two integers, touches no memory and
+    // returns a new file descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `fd`, registered with tokio's reactor to be awaited until readable (a
+/// pidfd whose process exited, an inotify instance with events queued).
+pub fn readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the AsyncFd owns `fd` for its whole life, so the descriptor
+    // stays open and names the same file description, and
+    // OwnedFd::as_raw_fd always returns that descriptor.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+    Ok(registered?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pidfd_of_self_and_of_no_process() {
+        assert!(super::pidfd_open(std::process::id() as i32).is_ok());
+        let e = super::pidfd_open(i32::MAX).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ESRCH));
     }
 }

@@ -1,16 +1,22 @@
 //! Benchmarks (not tests): prints medians over several runs.
 //!
 //! - `sa-lab up` to ready, and each component's resident memory once ready;
-//! - Pod create to `Succeeded` for a trivial lab Pod on the sandbox node.
+//! - on the sandbox node: Pod create to `Succeeded` for a trivial lab Pod,
+//!   a graceful delete (the program handles SIGTERM) to the Pod gone, and
+//!   the interval between the node's Lease renewals.
 //!
-//! Run through `scripts/bench.sh` (which also times `sa-lab tour`), or
-//! `cargo bench -p sa-lab-e2e --bench startup -- [UP_RUNS] [POD_RUNS]`.
+//! These are the timings the e2e tests do not assert (they assert what
+//! happens, not how fast). Run through `scripts/bench.sh` (which also times
+//! `sa-lab tour`), or `cargo bench -p sa-lab-e2e --bench startup --
+//! [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::wait::{await_condition, conditions};
 use sa_lab::local::{self, UpOptions};
 use serde_json::json;
 
@@ -83,7 +89,53 @@ async fn bench_up(runs: usize) {
     }
 }
 
-async fn bench_pods(runs: usize) {
+/// Waits (watching, at most `secs`) until `cond` holds for object `name`.
+async fn wait<K>(
+    api: &Api<K>,
+    name: &str,
+    secs: u64,
+    cond: impl kube::runtime::wait::Condition<K>,
+) -> Option<K>
+where
+    K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
+{
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: not there within {secs} s"))
+    .expect("watch")
+}
+
+fn phase(p: Option<&Pod>) -> String {
+    p.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+fn toolbox_pod(name: &str, args: &[&str]) -> Pod {
+    let mut command = vec!["lab-toolbox"];
+    command.extend_from_slice(args);
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "main",
+                "image": sa_lab::LAB_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": command
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// The sandbox node's timings on one cluster: Pod start-up, graceful delete,
+/// Lease renewal interval.
+async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
     let name = format!("bench-pods-{}", std::process::id());
     let info = local::up(&UpOptions {
         name: name.clone(),
@@ -101,33 +153,22 @@ async fn bench_pods(runs: usize) {
     .await
     .expect("namespace");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // Wait for the namespace's default ServiceAccount (created by the KCM).
+    // The namespace's default ServiceAccount (created by the KCM).
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    while sas.get_opt("default").await.ok().flatten().is_none() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+
     let mut times = Vec::new();
-    for i in 0..runs {
+    for i in 0..pod_runs {
         let pod_name = format!("trivial-{i}");
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": pod_name},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "main",
-                    "image": sa_lab::LAB_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["lab-toolbox", "exit", "0"]
-                }]
-            }
-        }))
-        .unwrap();
         let wp = WatchParams::default().fields(&format!("metadata.name={pod_name}"));
         let mut stream = pods.watch(&wp, "0").await.expect("watch").boxed();
         let t = Instant::now();
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .expect("create pod");
+        pods.create(
+            &PostParams::default(),
+            &toolbox_pod(&pod_name, &["exit", "0"]),
+        )
+        .await
+        .expect("create pod");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ev = tokio::time::timeout_at(deadline.into(), stream.next())
@@ -135,7 +176,7 @@ async fn bench_pods(runs: usize) {
                 .expect("pod did not finish within 60 s");
             match ev {
                 Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
-                    let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+                    let phase = phase(Some(&p));
                     if phase == "Succeeded" {
                         times.push(t.elapsed().as_secs_f64());
                         break;
@@ -150,10 +191,87 @@ async fn bench_pods(runs: usize) {
         }
     }
     println!(
-        "Pod create -> Succeeded (trivial lab Pod), {runs} runs: median {:.3} s, p95 {:.3} s",
+        "Pod create -> Succeeded (trivial lab Pod), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
         median(&mut times.clone()),
         percentile(&mut times, 95.0)
     );
+
+    // Graceful delete of a Pod whose program exits on SIGTERM (grace 30 s).
+    let mut deletes = Vec::new();
+    for i in 0..delete_runs {
+        let pod_name = format!("sleeper-{i}");
+        pods.create(
+            &PostParams::default(),
+            &toolbox_pod(&pod_name, &["sleep", "600"]),
+        )
+        .await
+        .expect("create pod");
+        let p = wait(&pods, &pod_name, 60, |p: Option<&Pod>| {
+            phase(p) == "Running"
+        })
+        .await
+        .expect("running pod");
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        // Its SIGTERM handler is in place once it says "sleeping".
+        let follow = LogParams {
+            follow: true,
+            ..Default::default()
+        };
+        let log = pods.log_stream(&pod_name, &follow).await.expect("log");
+        let mut lines = futures::AsyncBufReadExt::lines(log);
+        while !lines
+            .next()
+            .await
+            .expect("a log line")
+            .expect("log")
+            .contains("sleeping")
+        {}
+        let t = Instant::now();
+        pods.delete(&pod_name, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+        wait(&pods, &pod_name, 60, conditions::is_deleted(&uid)).await;
+        deletes.push(t.elapsed().as_secs_f64());
+    }
+    if !deletes.is_empty() {
+        println!(
+            "graceful delete -> Pod gone (program exits on SIGTERM, grace 30 s), {delete_runs} runs: median {:.3} s, max {:.3} s",
+            median(&mut deletes.clone()),
+            deletes.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+
+    // The node's Lease renewals, watched (every 10 s, as a kubelet's).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let renew = |l: Option<&Lease>| l.and_then(|l| l.spec.as_ref()?.renew_time.clone());
+    let mut last = renew(
+        leases
+            .get_opt(&info.node_name)
+            .await
+            .expect("lease")
+            .as_ref(),
+    );
+    let mut intervals = Vec::new();
+    for _ in 0..lease_renewals {
+        let before = last.clone();
+        let l = wait(&leases, &info.node_name, 60, |l: Option<&Lease>| {
+            renew(l) > before
+        })
+        .await;
+        let now = renew(l.as_ref());
+        if let (Some(a), Some(b)) = (&last, &now) {
+            intervals.push(b.0.duration_since(a.0).as_secs_f64());
+        }
+        last = now;
+    }
+    if !intervals.is_empty() {
+        println!(
+            "node Lease renewal interval, {} renewals: median {:.2} s, max {:.2} s",
+            intervals.len(),
+            median(&mut intervals.clone()),
+            intervals.iter().cloned().fold(0.0, f64::max)
+        );
+    }
     local::down(&name).expect("down");
 }
 
@@ -162,14 +280,16 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let up_runs = args.first().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let pod_runs = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let arg =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (up_runs, pod_runs, delete_runs, lease_renewals) =
+        (arg(0, 5), arg(1, 20), arg(2, 5), arg(3, 3));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         bench_up(up_runs).await;
-        bench_pods(pod_runs).await;
+        bench_node(pod_runs, delete_runs, lease_renewals).await;
     });
 }

@@ -2,27 +2,26 @@
 //!
 //! The node agent writes an [`ExecSpec`] and starts `sa-lab pod-exec` in a new
 //! session. This fresh, single-threaded process gives the container its own
-//! mount namespace (and UTS namespace, for the Pod's hostname): a private tmpfs
-//! over `/run/secrets`, a small private `/dev` whose `termination-log` is a
-//! per-container file on the host, and every volumeMount bind-mounted at its
-//! mountPath. It then starts the lab program with the container's env and its
+//! mount namespace (and UTS namespace, for the Pod's hostname; see
+//! [`super::mountns`]): a private `/run` without `secrets`, a small private
+//! `/dev` whose `termination-log` is a per-container file on the host, and
+//! every volumeMount bind-mounted at its mountPath. It then starts the lab program with the container's env and its
 //! output going to the container log, waits for it and records how it ended in
 //! `exit.json`, so a restarted node agent can still tell.
 
 use std::convert::Infallible;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
-use nix::sys::statvfs::{FsFlags, statvfs};
-use nix::unistd::{Gid, Uid, getegid, geteuid, sethostname, setsid};
+use nix::unistd::{geteuid, setsid};
 use serde::{Deserialize, Serialize};
+
+use super::mountns;
 
 /// What `pod-exec` needs to run one container. Written by the node agent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -130,9 +129,10 @@ pub fn pod_exec_main(spec_path: &Path) -> anyhow::Result<Infallible> {
         let _ = write_json_atomic(&spec.state_dir.join(EXIT_FILE), &rec);
         anyhow::anyhow!(what)
     };
-    if let Err(e) = enter_namespaces(&spec) {
+    if let Err(e) = mountns::enter(&spec) {
         return Err(fail(format!(
-            "setting up the container's mount namespace: {e:#}"
+            "setting up the container's mount namespace: {}",
+            super::error_text(&e)
         )));
     }
     let log = OpenOptions::new()
@@ -214,165 +214,6 @@ pub fn pod_exec_main(spec_path: &Path) -> anyhow::Result<Infallible> {
     };
     write_json_atomic(&spec.state_dir.join(EXIT_FILE), &rec).context("writing exit.json")?;
     std::process::exit(exit_code & 0xff)
-}
-
-/// The directory holding `secrets` on the host: `/var/run` is usually `/run`.
-pub(crate) fn host_run_dir() -> PathBuf {
-    fs::canonicalize("/var/run").unwrap_or_else(|_| PathBuf::from("/run"))
-}
-
-fn enter_namespaces(spec: &ExecSpec) -> anyhow::Result<()> {
-    let uid = geteuid();
-    let gid = getegid();
-    if uid.is_root() {
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
-            .context("unshare(CLONE_NEWNS)")?;
-    } else {
-        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
-            .context("unshare(CLONE_NEWUSER|CLONE_NEWNS)")?;
-        write_id_maps(uid, gid)?;
-    }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making mounts private")?;
-    let _ = sethostname(&spec.hostname);
-
-    // A private, empty /run/secrets (kubernetes.io/serviceaccount lives below it).
-    let run = host_run_dir();
-    let secrets = run.join("secrets");
-    if !secrets.is_dir() && fs::create_dir_all(&secrets).is_err() {
-        // Not root and no /run/secrets on the host: a private /run instead.
-        mount_tmpfs(&run, "mode=0755")?;
-        fs::create_dir_all(&secrets)?;
-    }
-    mount_tmpfs(&secrets, "mode=0755")?;
-
-    // A private /dev with the usual nodes and the termination log.
-    let dev = spec.state_dir.join("dev");
-    fs::create_dir_all(&dev)?;
-    mount_tmpfs(&dev, "mode=0755")?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = Path::new("/dev").join(name);
-        if host.exists() {
-            let t = dev.join(name);
-            File::create(&t)?;
-            bind(&host, &t, false)?;
-        }
-    }
-    for (name, to) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        symlink(to, dev.join(name))?;
-    }
-    fs::create_dir_all(dev.join("shm"))?;
-    mount_tmpfs(&dev.join("shm"), "mode=1777")?;
-    if Path::new("/dev/pts").is_dir() {
-        fs::create_dir_all(dev.join("pts"))?;
-        let _ = bind(Path::new("/dev/pts"), &dev.join("pts"), false);
-    }
-    let tmp_in_dev = spec
-        .termination_message_path
-        .strip_prefix("/dev/")
-        .map(|rest| dev.join(rest));
-    if let Some(t) = &tmp_in_dev {
-        if let Some(parent) = t.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        File::create(t)?;
-        bind(&spec.termination_log, t, false)?;
-    }
-    fs::set_permissions(&dev, fs::Permissions::from_mode(0o755))?;
-    bind(&dev, Path::new("/dev"), false).context("mounting /dev")?;
-
-    // Every volumeMount at its mountPath. Parents first (sorted by depth).
-    let mut mounts = spec.mounts.clone();
-    mounts.sort_by_key(|m| Path::new(&m.target).components().count());
-    for m in &mounts {
-        let target = Path::new(&m.target);
-        make_mount_point(target, m.source.is_dir())
-            .with_context(|| format!("creating mount point {}", m.target))?;
-        bind(&m.source, target, m.read_only).with_context(|| format!("mounting {}", m.target))?;
-    }
-    if tmp_in_dev.is_none() && !spec.termination_message_path.is_empty() {
-        let target = Path::new(&spec.termination_message_path);
-        make_mount_point(target, false)?;
-        bind(&spec.termination_log, target, false)?;
-    }
-    Ok(())
-}
-
-fn write_id_maps(uid: Uid, gid: Gid) -> anyhow::Result<()> {
-    fs::write("/proc/self/uid_map", format!("0 {uid} 1")).context("writing uid_map")?;
-    let _ = fs::write("/proc/self/setgroups", "deny");
-    fs::write("/proc/self/gid_map", format!("0 {gid} 1")).context("writing gid_map")?;
-    Ok(())
-}
-
-fn mount_tmpfs(target: &Path, data: &str) -> anyhow::Result<()> {
-    mount(
-        Some("tmpfs"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data),
-    )
-    .with_context(|| format!("mounting tmpfs at {}", target.display()))
-}
-
-fn make_mount_point(target: &Path, dir: bool) -> std::io::Result<()> {
-    if dir {
-        fs::create_dir_all(target)
-    } else {
-        if let Some(p) = target.parent() {
-            fs::create_dir_all(p)?;
-        }
-        if !target.exists() {
-            File::create(target)?;
-        }
-        Ok(())
-    }
-}
-
-fn bind(source: &Path, target: &Path, read_only: bool) -> anyhow::Result<()> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .with_context(|| format!("bind-mounting {} at {}", source.display(), target.display()))?;
-    if read_only {
-        // Keep the flags the kernel locks in a user namespace (nosuid, nodev, ...).
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Ok(st) = statvfs(target) {
-            let f = st.flags();
-            for (ff, mf) in [
-                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-            ] {
-                if f.contains(ff) {
-                    flags |= mf;
-                }
-            }
-        }
-        mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-            .with_context(|| format!("remounting {} read-only", target.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

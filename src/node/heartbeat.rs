@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
 use super::Ctx;
-use super::volumes::NodeResources;
+use super::downward::NodeResources;
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_SECS: i32 = 40;
@@ -147,7 +147,7 @@ pub fn node_status(ctx: &Ctx, ready_since: Time) -> NodeStatus {
 
 /// Creates the Node (status included, as the kubelet does) or refreshes an
 /// existing one. Returns the Node's UID.
-pub async fn register(ctx: &Ctx, ready_since: Time) -> anyhow::Result<String> {
+pub async fn register(ctx: &Ctx, ready_since: Time) -> Result<String, kube::Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let name = &ctx.opts.name;
     let mut labels = BTreeMap::new();
@@ -179,7 +179,7 @@ pub async fn register(ctx: &Ctx, ready_since: Time) -> anyhow::Result<String> {
             tracing::info!(node = %name, "the Node exists; status refreshed");
             Ok(n.metadata.uid.unwrap_or_default())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 

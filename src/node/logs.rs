@@ -5,15 +5,17 @@
 //! it does not check who asks; it listens on 127.0.0.1 only.
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 
@@ -22,33 +24,69 @@ use super::exec::EXIT_FILE;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    use anyhow::Context;
+/// Why the container log server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The serving certificate or key file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving key file holds no private key.
+    #[error("no private key in {}", .0.display())]
+    NoKey(PathBuf),
+    /// The certificate and key do not make a TLS configuration.
+    #[error("the serving certificate and key do not make a TLS configuration")]
+    Tls(#[source] rustls::Error),
+    /// The port could not be bound or a connection not accepted.
+    #[error("listening on 127.0.0.1:{port}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Read { path, source }
+    };
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+        std::fs::File::open(cert).map_err(read(cert))?,
     ))
-    .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))?
-    .context("no private key in the serving key file")?;
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(read(cert))?;
+    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).map_err(read(key))?,
+    ))
+    .map_err(read(key))?
+    .ok_or_else(|| Error::NoKey(key.to_path_buf()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key_der)
+        .map_err(Error::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// Serves until the node stops.
-pub async fn serve(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+pub async fn serve(ctx: Arc<Ctx>) -> Result<(), Error> {
     let cfg = tls_config(&ctx.opts.serving_cert, &ctx.opts.serving_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind(("127.0.0.1", ctx.opts.kubelet_port)).await?;
-    tracing::info!(port = ctx.opts.kubelet_port, "serving container logs");
+    let port = ctx.opts.kubelet_port;
+    let listen = |source| Error::Listen { port, source };
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(listen)?;
+    tracing::info!(port, "serving container logs");
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, _) = listener.accept().await.map_err(listen)?;
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -172,45 +210,91 @@ async fn handle(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> Response<Body
                 .boxed(),
         );
     }
-    let offset = data.len() as u64;
-    let state = Some((Some(first), offset, log, cdir));
-    let stream = futures::stream::unfold(state, |st| async move {
-        let (first, offset, log, cdir) = st?;
-        if let Some(f) = first {
-            return Some((
-                Ok(Frame::data(Bytes::from(f))),
-                Some((None, offset, log, cdir)),
-            ));
+    let follower = match Follower::new(data.len() as u64, log, cdir) {
+        Ok(f) => f,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot follow the log of container {container:?}: {e}\n"),
+            );
         }
-        follow_next(offset, log, cdir).await
+    };
+    let stream = futures::stream::unfold((Some(first), follower), |(first, mut f)| async move {
+        let chunk = match first {
+            Some(first) => first,
+            None => f.next().await?,
+        };
+        Some((Ok(Frame::data(Bytes::from(chunk))), (None, f)))
     });
     Response::new(BodyExt::boxed(StreamBody::new(stream)))
 }
 
-type FollowState = Option<(Option<Vec<u8>>, u64, PathBuf, PathBuf)>;
-
-async fn follow_next(
-    mut offset: u64,
+/// Follows a container's log (`kubectl logs -f`): yields what is appended,
+/// woken by inotify events on the container dir (the log written, `exit.json`
+/// renamed into place, the dir removed), until the container has ended and
+/// everything is read.
+struct Follower {
+    offset: u64,
     log: PathBuf,
     cdir: PathBuf,
-) -> Option<(Result<Frame<Bytes>, std::io::Error>, FollowState)> {
-    loop {
-        let finished = cdir.join(EXIT_FILE).exists() || !cdir.exists();
-        let mut f = tokio::fs::File::open(&log).await.ok()?;
-        f.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).await.ok()?;
-        if !buf.is_empty() {
-            offset += buf.len() as u64;
-            return Some((
-                Ok(Frame::data(Bytes::from(buf))),
-                Some((None, offset, log, cdir)),
-            ));
+    /// An inotify instance watching the container dir.
+    notify: AsyncFd<OwnedFd>,
+}
+
+impl Follower {
+    fn new(offset: u64, log: PathBuf, cdir: PathBuf) -> std::io::Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            &cdir,
+            AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF,
+        )?;
+        let notify = crate::sys::readable(inotify.into())?;
+        Ok(Follower {
+            offset,
+            log,
+            cdir,
+            notify,
+        })
+    }
+
+    /// The next chunk of the log; `None` once the container has ended (or
+    /// its dir is gone) and nothing more is left to read.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            // Checked before reading: what was written before the end is read.
+            let finished = self.cdir.join(EXIT_FILE).exists() || !self.cdir.exists();
+            let mut f = tokio::fs::File::open(&self.log).await.ok()?;
+            f.seek(std::io::SeekFrom::Start(self.offset)).await.ok()?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).await.ok()?;
+            if !buf.is_empty() {
+                self.offset += buf.len() as u64;
+                return Some(buf);
+            }
+            if finished {
+                return None;
+            }
+            self.changed().await.ok()?;
         }
-        if finished {
-            return None;
+    }
+
+    /// Waits for the next inotify events on the container dir (and drains them).
+    async fn changed(&self) -> std::io::Result<()> {
+        let mut events = [0u8; 4096];
+        loop {
+            let mut guard = self.notify.readable().await?;
+            let read = guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), &mut events).map_err(std::io::Error::from)
+            });
+            match read {
+                Ok(n) => return n.map(drop),
+                Err(_would_block) => continue,
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -231,6 +315,32 @@ mod tests {
             }
         );
         assert_eq!(parse_query(None), LogQuery::default());
+    }
+
+    /// The follower hands out what is appended and ends once the container
+    /// has: woken by the writes, not by a timer.
+    #[tokio::test]
+    async fn following_ends_with_the_container() {
+        let d = crate::node::test_dir("follow");
+        let log = d.join("log");
+        std::fs::write(&log, "first\n").unwrap();
+        let mut f = Follower::new(6, log.clone(), d.clone()).unwrap();
+        let writer = tokio::spawn({
+            let (log, d) = (log.clone(), d.clone());
+            async move {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                file.write_all(b"second\n").unwrap();
+                crate::node::exec::write_json_atomic(&d.join(EXIT_FILE), &0).unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(chunk) = f.next().await {
+            got.extend(chunk);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, b"second\n");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

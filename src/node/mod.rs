@@ -18,10 +18,14 @@
 //! ```
 
 mod atomic;
+mod downward;
 mod exec;
 mod heartbeat;
 mod logs;
-mod pods;
+mod mountns;
+mod pod;
+mod poddir;
+mod tokens;
 mod volumes;
 
 use std::collections::{HashMap, HashSet};
@@ -38,12 +42,11 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 pub use exec::{ExecSpec, ExitRecord, MountSpec, StartedRecord, pod_exec_main};
+pub use poddir::kill_leftovers;
 
 /// How the supervisor starts the node agent (`sa-lab node --options FILE`).
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -72,15 +75,53 @@ pub struct NodeOptions {
 /// Errors of the node agent's set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot create the node work dir {path}: {source}")]
+    /// The work dir (or its lock file) could not be created.
+    #[error("cannot create the node work dir {}", path.display())]
     WorkDir {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the node kubeconfig {path}: {message}")]
-    Kubeconfig { path: PathBuf, message: String },
-    #[error("another node agent holds {0}")]
+    /// The node kubeconfig could not be read or does not describe a cluster.
+    #[error("cannot read the node kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No client could be built from the node kubeconfig.
+    #[error("cannot build a client from the node kubeconfig {}", path.display())]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+    /// Another node agent still holds the work dir's lock after [`LOCK_WAIT`].
+    #[error("another node agent holds {}", .0.display())]
     Locked(PathBuf),
+}
+
+/// An error and its sources on one line, joined by ": ", the way the kubelet
+/// words events and container messages ("failed to fetch token: ..."). An
+/// API error contributes only the API server's message.
+pub(crate) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        if let Some(k) = err.downcast_ref::<kube::Error>() {
+            match k {
+                kube::Error::Api(s) => out.push_str(&s.message),
+                other => out.push_str(&other.to_string()),
+            }
+            break;
+        }
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
 }
 
 /// State shared by the node agent's tasks.
@@ -88,7 +129,7 @@ pub(crate) struct Ctx {
     pub opts: NodeOptions,
     pub client: Client,
     pub self_bin: PathBuf,
-    pub node_res: volumes::NodeResources,
+    pub node_res: downward::NodeResources,
     pub events: mpsc::UnboundedSender<(ObjectReference, Event)>,
     /// (namespace, pod name) -> pod dir, for the log server.
     pub logs: RwLock<HashMap<(String, String), PathBuf>>,
@@ -96,18 +137,28 @@ pub(crate) struct Ctx {
 }
 
 async fn client_from(kubeconfig: &Path) -> Result<Client, Error> {
-    let err = |message: String| Error::Kubeconfig {
-        path: kubeconfig.to_path_buf(),
-        message,
+    let path = kubeconfig.to_path_buf();
+    let kc_err = |source| Error::Kubeconfig {
+        path: path.clone(),
+        source,
     };
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| err(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(kc_err)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
-        .map_err(|e| err(e.to_string()))?;
-    Client::try_from(cfg).map_err(|e| err(e.to_string()))
+        .map_err(kc_err)?;
+    Client::try_from(cfg).map_err(|source| Error::Client {
+        path: path.clone(),
+        source,
+    })
 }
 
-fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
+/// How long a starting agent waits for the previous one (a restart may
+/// briefly overlap the old agent's exit) to release the work dir's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the work dir's lock, waiting for a previous agent to release it
+/// (a blocking flock(2) wakes when it does) for at most [`LOCK_WAIT`].
+async fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
     let path = work_dir.join("agent.lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -118,7 +169,21 @@ fn lock_work_dir(work_dir: &Path) -> Result<Flock<fs::File>, Error> {
             path: path.clone(),
             source,
         })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Locked(path))
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(lock),
+        Err((file, _)) => file,
+    };
+    tracing::warn!("waiting for {} (another node agent?)", path.display());
+    // A plain thread, not the runtime's blocking pool: if the wait times
+    // out, the agent exits without waiting for the thread.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive));
+    });
+    match tokio::time::timeout(LOCK_WAIT, rx).await {
+        Ok(Ok(Ok(lock))) => Ok(lock),
+        _ => Err(Error::Locked(path)),
+    }
 }
 
 /// Reads [`NodeOptions`] (JSON) from `path` and [`run`]s the node agent.
@@ -128,13 +193,13 @@ pub async fn run_from_file(path: &Path) -> anyhow::Result<()> {
         &fs::read(path).with_context(|| format!("reading node options {}", path.display()))?,
     )
     .with_context(|| format!("parsing node options {}", path.display()))?;
-    run(opts).await
+    Ok(run(opts).await?)
 }
 
 /// Runs the node agent until SIGTERM/SIGINT. Then it stops every pod process
-/// it started (SIGTERM, a grace of up to [`pods::SHUTDOWN_GRACE`], SIGKILL),
+/// it started (SIGTERM, a grace of up to [`pod::SHUTDOWN_GRACE`], SIGKILL),
 /// records their final status where it can, and returns.
-pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
+pub async fn run(opts: NodeOptions) -> Result<(), Error> {
     let wd = opts.work_dir.clone();
     fs::create_dir_all(wd.join("pods")).map_err(|source| Error::WorkDir {
         path: wd.clone(),
@@ -146,26 +211,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             source,
         }
     })?;
-    // A restarted agent may briefly overlap the old one's exit.
-    let _lock = {
-        let mut tries = 0;
-        loop {
-            match lock_work_dir(&wd) {
-                Ok(l) => break l,
-                Err(Error::Locked(p)) if tries < 50 => {
-                    tries += 1;
-                    if tries == 1 {
-                        tracing::warn!("waiting for {} (another node agent?)", p.display());
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    if nix::unistd::geteuid().is_root() {
-        let _ = fs::create_dir_all(exec::host_run_dir().join("secrets"));
-    }
+    let _lock = lock_work_dir(&wd).await?;
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
     }
@@ -217,7 +263,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         match heartbeat::register(&ctx, ready_since.clone()).await {
             Ok(uid) => break uid,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "registering the Node failed; retrying");
+                tracing::warn!(error = %error_text(&e), "registering the Node failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|v| *v) => return Ok(()),
@@ -226,7 +272,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         }
     };
     if let Err(e) = heartbeat::renew_lease(&ctx, &node_uid).await {
-        tracing::warn!(error = %e, "creating the node Lease failed");
+        tracing::warn!(error = %error_text(&e), "creating the node Lease failed");
     }
     let hb = tokio::spawn(heartbeat::heartbeat_loop(
         ctx.clone(),
@@ -237,7 +283,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = logs::serve(ctx).await {
-                tracing::error!(error = %format!("{e:#}"), "the container log server stopped");
+                tracing::error!(error = %error_text(&e), "the container log server stopped");
             }
         })
     });
@@ -253,7 +299,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
 }
 
 struct WorkerHandle {
-    tx: pods::PodTx,
+    tx: pod::PodTx,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -264,17 +310,14 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut reap = tokio::time::interval(Duration::from_secs(5));
     loop {
         let ev = tokio::select! {
             ev = stream.next() => ev,
             _ = shutdown.wait_for(|v| *v) => break,
-            _ = reap.tick() => {
-                workers.retain(|_, w| !w.task.is_finished());
-                continue;
-            }
         };
         let Some(ev) = ev else { break };
+        // Forget the workers whose pods are done with.
+        workers.retain(|_, w| !w.task.is_finished());
         match ev {
             Ok(watcher::Event::Init) => seen.clear(),
             Ok(watcher::Event::InitApply(pod)) => {
@@ -290,7 +333,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                     Some(w) => {
                         let _ = w.tx.send(None);
                     }
-                    None => remove_pod_dir(&ctx.opts.work_dir, &uid),
+                    None => poddir::remove(&ctx.opts.work_dir, &uid),
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -305,7 +348,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                         let uid = e.file_name().to_string_lossy().into_owned();
                         if !seen.contains(&uid) && !workers.contains_key(&uid) {
                             tracing::info!(uid = %uid, "removing the dir of a pod that no longer exists");
-                            remove_pod_dir(&ctx.opts.work_dir, &uid);
+                            poddir::remove(&ctx.opts.work_dir, &uid);
                         }
                     }
                 }
@@ -316,7 +359,7 @@ async fn watch_pods(ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     // Shutdown: every worker stops its containers.
     let tasks: Vec<_> = workers.into_values().map(|w| w.task).collect();
     let _ = tokio::time::timeout(
-        pods::SHUTDOWN_GRACE + Duration::from_secs(6),
+        pod::SHUTDOWN_GRACE + Duration::from_secs(6),
         futures::future::join_all(tasks),
     )
     .await;
@@ -331,65 +374,8 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, WorkerHandle>, pod: Po
         return;
     }
     let (tx, rx) = watch::channel(Some(Arc::new(pod)));
-    let task = tokio::spawn(pods::run_pod(ctx.clone(), rx));
+    let task = tokio::spawn(pod::run_pod(ctx.clone(), rx));
     workers.insert(uid, WorkerHandle { tx, task });
-}
-
-fn remove_pod_dir(work_dir: &Path, uid: &str) {
-    let dir = pods::pod_dir(work_dir, uid);
-    if dir.exists() {
-        kill_pod_dir(&dir);
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
-
-/// Kills every still-running container process recorded under a pod dir.
-pub(crate) fn kill_pod_dir(pod_dir: &Path) {
-    let Ok(rd) = fs::read_dir(pod_dir.join("containers")) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let cdir = e.path();
-        let Some(s) = exec::read_json::<StartedRecord>(&cdir.join(exec::STARTED_FILE)) else {
-            continue;
-        };
-        if cdir.join(exec::EXIT_FILE).exists() {
-            continue;
-        }
-        if s.pid <= 1 || s.wrapper_pid <= 1 {
-            continue;
-        }
-        let program = exec::read_json::<ExecSpec>(&cdir.join("spec.json")).map(|spec| spec.program);
-        let ours = |pid: i32| {
-            process_group_of(pid) == Some(s.wrapper_pid)
-                && program.is_some()
-                && fs::read_link(format!("/proc/{pid}/exe")).ok() == program
-        };
-        if ours(s.pid) {
-            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
-        }
-        if pods::wrapper_alive(s.wrapper_pid, &cdir) || ours(s.pid) {
-            let _ = killpg(Pid::from_raw(s.wrapper_pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn process_group_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid pgrp ...; comm may contain spaces: split after ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Best effort: kills any pod process recorded under `work_dir` (the supervisor
-/// calls it after the node agent has exited).
-pub fn kill_leftovers(work_dir: &Path) {
-    let Ok(rd) = fs::read_dir(work_dir.join("pods")) else {
-        return;
-    };
-    for e in rd.flatten() {
-        kill_pod_dir(&e.path());
-    }
 }
 
 #[cfg(test)]
@@ -422,30 +408,34 @@ mod tests {
         assert_eq!(o.kubelet_port, 10250);
     }
 
-    #[test]
-    fn process_group_parsing() {
-        let me = std::process::id() as i32;
-        assert!(process_group_of(me).is_some());
-        assert_eq!(process_group_of(-5), None);
+    #[tokio::test]
+    async fn a_second_agent_gets_the_lock_once_the_first_lets_go() {
+        let d = test_dir("lock");
+        let first = lock_work_dir(&d).await.unwrap();
+        let second = tokio::spawn({
+            let d = d.clone();
+            async move { lock_work_dir(&d).await }
+        });
+        drop(first);
+        second.await.unwrap().expect("the lock, once released");
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
-    fn kill_leftovers_tolerates_missing_dirs() {
-        kill_leftovers(Path::new("/nonexistent/sa-lab"));
-        let d = test_dir("leftovers");
-        let c = d.join("pods/u1/containers/c");
-        fs::create_dir_all(&c).unwrap();
-        // A record whose wrapper is long gone (pid 1 is not a pod-exec).
-        exec::write_json_atomic(
-            &c.join(exec::STARTED_FILE),
-            &StartedRecord {
-                wrapper_pid: 1,
-                pid: 1,
-                started_at: exec::now_rfc3339(),
-            },
-        )
-        .unwrap();
-        kill_leftovers(&d);
-        fs::remove_dir_all(&d).unwrap();
+    fn error_text_joins_sources_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = Error::WorkDir {
+            path: "/w".into(),
+            source: io,
+        };
+        assert_eq!(error_text(&e), "cannot create the node work dir /w: gone");
+        let status = kube::core::Status::failure("serviceaccounts \"x\" not found", "NotFound")
+            .with_code(404);
+        let api = kube::Error::Api(Box::new(status));
+        let t = tokens::Error::Fetch(api);
+        assert_eq!(
+            error_text(&t),
+            "failed to fetch token: serviceaccounts \"x\" not found"
+        );
     }
 }

@@ -82,20 +82,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The node kubeconfig could not be read or does not describe a cluster.
-    #[error("cannot read the node kubeconfig {}", path.display())]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    /// No client could be built from the node kubeconfig.
-    #[error("cannot build a client from the node kubeconfig {}", path.display())]
-    Client {
-        path: PathBuf,
-        #[source]
-        source: kube::Error,
-    },
+    /// The node kubeconfig gave no client.
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::kubeconfig::LoadError),
     /// Another node agent still holds the work dir's lock after [`LOCK_WAIT`].
     #[error("another node agent holds {}", .0.display())]
     Locked(PathBuf),
@@ -134,22 +123,6 @@ pub(crate) struct Ctx {
     /// (namespace, pod name) -> pod dir, for the log server.
     pub logs: RwLock<HashMap<(String, String), PathBuf>>,
     pub shutdown: watch::Receiver<bool>,
-}
-
-async fn client_from(kubeconfig: &Path) -> Result<Client, Error> {
-    let path = kubeconfig.to_path_buf();
-    let kc_err = |source| Error::Kubeconfig {
-        path: path.clone(),
-        source,
-    };
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(kc_err)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(kc_err)?;
-    Client::try_from(cfg).map_err(|source| Error::Client {
-        path: path.clone(),
-        source,
-    })
 }
 
 /// How long a starting agent waits for the previous one (a restart may
@@ -215,7 +188,10 @@ pub async fn run(opts: NodeOptions) -> Result<(), Error> {
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
     }
-    let client = client_from(&opts.kubeconfig).await?;
+    let client =
+        crate::kubeconfig::connect(crate::kubeconfig::Source::File(&opts.kubeconfig), None)
+            .await?
+            .client;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -561,6 +561,31 @@ fn transcripts_name_their_command() {
     fail_on(problems, "transcripts");
 }
 
+/// book.toml names the workspace's repository (Cargo.toml) and an edit link
+/// under it.
+#[test]
+fn book_toml_names_the_repository() {
+    let cargo = fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    let book = fs::read_to_string(book_dir().join("book.toml")).expect("book/book.toml");
+    let value = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+        })
+    };
+    let repo = value(&cargo, "repository").expect("Cargo.toml has no `repository`");
+    assert_eq!(
+        value(&book, "git-repository-url").as_deref(),
+        Some(repo.as_str()),
+        "book.toml's git-repository-url must be the workspace's repository"
+    );
+    let edit = value(&book, "edit-url-template").expect("book.toml has no edit-url-template");
+    assert!(
+        edit.starts_with(&format!("{repo}/")) && edit.contains("{path}"),
+        "edit-url-template `{edit}` must point into {repo} and name the page's {{path}}"
+    );
+}
+
 /// Builds the book with the pinned mdBook into a temporary directory and
 /// fails on any error or warning mdBook logs and on any `{{#` left in the
 /// generated HTML.

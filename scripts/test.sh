@@ -35,6 +35,9 @@ main() {
   log "shellcheck"
   scripts/lint-scripts.sh
 
+  log "Book: every diagram is what its Graphviz source draws"
+  scripts/render-diagrams.sh --check
+
   log "Building sa-lab and every lab binary"
   cargo build --workspace --bins --locked
 

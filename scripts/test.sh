@@ -2,7 +2,8 @@
 # The test command (the README's): builds everything the tests need, then
 # runs every test: unit tests, e2e tests against fresh local clusters (real
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler + the sandbox
-# node), the book checks, and shellcheck on every script.
+# node), the book checks (also in headless Chromium), and shellcheck on
+# every script.
 #
 #   scripts/test.sh                     everything, on local clusters
 #   scripts/test.sh -- --test cluster   extra arguments go to `cargo test`
@@ -35,8 +36,9 @@ main() {
   log "shellcheck"
   scripts/lint-scripts.sh
 
-  log "Book: every diagram is what its Graphviz source draws"
+  log "Book: diagrams drawn from their sources, every page in headless Chromium"
   scripts/render-diagrams.sh --check
+  scripts/check-book.sh
 
   log "Building sa-lab and every lab binary"
   cargo build --workspace --bins --locked

@@ -64,3 +64,26 @@ save_kind_logs() {
     warn "could not save the cluster's logs (kind export logs failed)"
   fi
 }
+
+# require_debian_packages WHY COMMAND=PACKAGE[,PACKAGE]...: each COMMAND is on
+# PATH, or its Debian PACKAGEs are installed with apt-get when running as
+# root; else exit, saying WHY the command is needed and how to install it.
+require_debian_packages() {
+  local why="$1" pair missing=() pkgs
+  shift
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null 2>&1 && continue
+    IFS=, read -r -a pkgs <<<"${pair#*=}"
+    missing+=("${pkgs[@]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    die "${missing[*]} not installed: ${why}" \
+      "Debian/Ubuntu: sudo apt-get install -y --no-install-recommends ${missing[*]}"
+  fi
+  log "installing ${missing[*]} (Debian packages): ${why}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    die "apt-get could not install ${missing[*]}"
+}

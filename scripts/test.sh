@@ -2,8 +2,9 @@
 # The test command (the README's): builds everything the tests need, then
 # runs every test: unit tests, e2e tests against fresh local clusters (real
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler + the sandbox
-# node), the book checks, shellcheck on every script, and a check that the
-# book's transcripts still match what `sa-lab run` prints.
+# node), the book checks (also in headless Chromium), shellcheck on every
+# script, and a check that the book's transcripts still match what
+# `sa-lab run` prints.
 #
 #   scripts/test.sh                     everything, on local clusters
 #   scripts/test.sh -- --test cluster   extra arguments go to `cargo test`
@@ -35,6 +36,10 @@ main() {
 
   log "shellcheck"
   scripts/lint-scripts.sh
+
+  log "Book: diagrams drawn from their sources, every page in headless Chromium"
+  scripts/render-diagrams.sh --check
+  scripts/check-book.sh
 
   log "Building sa-lab and every lab binary"
   cargo build --workspace --bins --locked

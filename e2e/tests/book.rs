@@ -560,6 +560,157 @@ fn transcripts_name_their_command() {
     fail_on(problems, "transcripts");
 }
 
+/// The diagrams: Graphviz sources in `book/src/diagrams/*.dot`, each drawn
+/// to the SVG next to it by scripts/render-diagrams.sh (whose `--check`,
+/// run by scripts/test.sh, redraws them and fails on any difference). Here:
+/// every source has its SVG, a quoted graph name (the picture's title) and a
+/// caption; every SVG has a source and is shown by some page; and every
+/// picture a page shows exists and is described in words (its alt text),
+/// for readers who cannot see it and for search.
+#[test]
+fn diagrams_have_sources_and_are_shown() {
+    let src = book_src();
+    let dir = src.join("diagrams");
+    let files: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let with_ext = |ext: &str| -> BTreeSet<PathBuf> {
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .cloned()
+            .collect()
+    };
+    let (dots, mut unshown) = (with_ext("dot"), with_ext("svg"));
+    assert!(!dots.is_empty(), "no diagrams in {}", dir.display());
+    let mut problems = Vec::new();
+    for dot in &dots {
+        let text = fs::read_to_string(dot).unwrap_or_default();
+        if !dot.with_extension("svg").is_file() {
+            problems.push(format!(
+                "{} has no SVG: run scripts/render-diagrams.sh",
+                dot.display()
+            ));
+        }
+        if graph_name(&text).is_none() {
+            problems.push(format!(
+                "{}: name the graph (`digraph \"What it shows\" {{`): it is the picture's title",
+                dot.display()
+            ));
+        }
+        if !text.contains("labelloc=b label=\"") {
+            problems.push(format!(
+                "{}: give the graph a caption (graph [labelloc=b label=\"...\"])",
+                dot.display()
+            ));
+        }
+    }
+    for svg in &unshown {
+        if !svg.with_extension("dot").is_file() {
+            problems.push(format!("{} has no source .dot next to it", svg.display()));
+        }
+    }
+    for md in markdown_files(&src) {
+        let text = fs::read_to_string(&md).unwrap_or_default();
+        let dir = md.parent().unwrap();
+        for img in images(&text) {
+            let at = format!("{}:{}", md.display(), img.line);
+            let file = normalize(&dir.join(&img.target));
+            if !file.is_file() {
+                problems.push(format!("{at}: picture {} does not exist", img.target));
+            }
+            if img.alt.split_whitespace().count() < 5 {
+                problems.push(format!(
+                    "{at}: describe {} in its alt text (what the picture says, in words)",
+                    img.target
+                ));
+            }
+            unshown.remove(&file);
+        }
+    }
+    for svg in &unshown {
+        problems.push(format!("{} is shown by no page", svg.display()));
+    }
+    fail_on(problems, "diagrams");
+}
+
+/// A `![alt](target)` image in a markdown page.
+#[derive(Debug, PartialEq, Eq)]
+struct Image {
+    line: usize,
+    alt: String,
+    target: String,
+}
+
+/// The images of a page, outside code blocks.
+fn images(text: &str) -> Vec<Image> {
+    let mut out = Vec::new();
+    let mut in_fence = false;
+    for (idx, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("![") {
+            let after = &rest[i + 2..];
+            let Some((alt, tail)) = after.split_once("](") else {
+                break;
+            };
+            let Some((target, tail)) = tail.split_once(')') else {
+                break;
+            };
+            out.push(Image {
+                line: idx + 1,
+                alt: alt.to_owned(),
+                target: target.trim().to_owned(),
+            });
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The quoted name of the first `digraph "..."` (or `graph "..."`).
+fn graph_name(dot: &str) -> Option<String> {
+    dot.lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("digraph ") || l.starts_with("graph "))
+        .and_then(|l| {
+            let rest = &l[l.find('"')? + 1..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+}
+
+/// book.toml names the workspace's repository (Cargo.toml) and an edit link
+/// under it.
+#[test]
+fn book_toml_names_the_repository() {
+    let cargo = fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    let book = fs::read_to_string(book_dir().join("book.toml")).expect("book/book.toml");
+    let value = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+        })
+    };
+    let repo = value(&cargo, "repository").expect("Cargo.toml has no `repository`");
+    assert_eq!(
+        value(&book, "git-repository-url").as_deref(),
+        Some(repo.as_str()),
+        "book.toml's git-repository-url must be the workspace's repository"
+    );
+    let edit = value(&book, "edit-url-template").expect("book.toml has no edit-url-template");
+    assert!(
+        edit.starts_with(&format!("{repo}/")) && edit.contains("{path}"),
+        "edit-url-template `{edit}` must point into {repo} and name the page's {{path}}"
+    );
+}
+
 /// Builds the book with the pinned mdBook into a temporary directory and
 /// fails on any error or warning mdBook logs and on any `{{#` left in the
 /// generated HTML.
@@ -651,6 +802,24 @@ fn book_builds_with_no_directive_left() {
             "no {slug}.html in the built book"
         );
     }
+
+    // Every picture a page shows is in the built book, next to the page.
+    let mut problems = Vec::new();
+    for md in markdown_files(&book_src()) {
+        let rel = md.strip_prefix(book_src()).unwrap();
+        let text = fs::read_to_string(&md).unwrap_or_default();
+        for img in images(&text) {
+            let built = out.path().join(rel.parent().unwrap()).join(&img.target);
+            if !built.is_file() {
+                problems.push(format!(
+                    "{}: {} is not in the built book",
+                    rel.display(),
+                    img.target
+                ));
+            }
+        }
+    }
+    fail_on(problems, "pictures in the built book");
 }
 
 /// `MDBOOK` if set, else the binary `scripts/install-mdbook.sh --print` names
@@ -750,4 +919,33 @@ fn checks_catch_broken_books() {
     );
     assert_eq!(chapter_slug("03-rolebinding"), Some("03-rolebinding"));
     assert_eq!(chapter_slug("lab-kit"), None);
+}
+
+#[test]
+fn diagram_checks_catch_mistakes() {
+    let page = "# Page\n\n![A picture of five words](diagrams/a.svg) and \
+                ![short](diagrams/b.svg)\n\n```md\n![in code](x.svg)\n```\n\n\
+                text ![x](y.png) more\n";
+    assert_eq!(
+        images(page),
+        vec![
+            Image {
+                line: 3,
+                alt: "A picture of five words".into(),
+                target: "diagrams/a.svg".into()
+            },
+            Image {
+                line: 3,
+                alt: "short".into(),
+                target: "diagrams/b.svg".into()
+            },
+            Image {
+                line: 9,
+                alt: "x".into(),
+                target: "y.png".into()
+            },
+        ]
+    );
+    assert_eq!(graph_name("// c\ndigraph \"A b\" {"), Some("A b".into()));
+    assert_eq!(graph_name("digraph {"), None);
 }

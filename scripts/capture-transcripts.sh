@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the book's transcripts (book/src/transcripts/NN-slug.txt) from
-# real runs: `target/debug/sa-lab run NN` against a local cluster started for
+# real runs: `target/debug/sa-lab run NN` (84 columns wide, what fits the
+# book's content column) against a local cluster started for
 # the purpose, then torn down. The first line of each transcript is the
 # command; generated names, UIDs, ports and times are redacted so the files
 # only change when the behaviour does.
@@ -132,7 +133,7 @@ main() {
     raw="${WORK}/${slug}.raw"
     out="${WORK}/${slug}.txt"
     log "sa-lab run ${num}"
-    if ! NO_COLOR=1 COLUMNS=100 "${SA_LAB}" run "${num}" >"${raw}" 2>"${WORK}/${slug}.err"; then
+    if ! NO_COLOR=1 COLUMNS=84 "${SA_LAB}" run "${num}" >"${raw}" 2>"${WORK}/${slug}.err"; then
       cat "${raw}" "${WORK}/${slug}.err" >&2
       fail "sa-lab run ${num} did not match its expected table; transcript not written"
       exit 1

@@ -33,7 +33,7 @@ async fn chapter_01_identity() {
     );
     let extra = &r.row("identity.extra-keys").unwrap().message;
     assert!(
-        extra.contains("authentication.kubernetes.io/credential-id=JTI="),
+        extra.starts_with("under authentication.kubernetes.io/: credential-id=JTI="),
         "{extra}"
     );
     expect(

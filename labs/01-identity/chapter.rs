@@ -70,9 +70,13 @@ async fn run(cx: &RunContext) -> Result<Vec<Row>, Error> {
     let shown: Vec<String> = identity
         .extra
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.join(",")))
+        .map(|(k, v)| {
+            let k = k.strip_prefix(EXTRA_PREFIX).unwrap_or(k);
+            format!("{k}={}", v.join(","))
+        })
         .collect();
-    rows.push(row("identity.extra-keys", who, keys.join(", "), shown.join("; ")));
+    let message = format!("under {EXTRA_PREFIX}: {}", shown.join("; "));
+    rows.push(row("identity.extra-keys", who, keys.join(", "), message));
 
     rows.push(row("no-sa.username", "default", username(&without_sa.report), ""));
     rows.push(row(

@@ -13,19 +13,9 @@ use kube::ResourceExt as _;
 use crate::chapters::kit::{
     self, Error, PRODUCTION, RunContext, api_row, probe_row, row, service_account_of, username,
 };
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 1.
-pub const CHAPTER: Chapter = Chapter {
-    number: 1,
-    slug: "01-identity",
-    title: "Why Pods need their own identity",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "01-identity";
+kit::chapter! { 1, "01-identity", "Why Pods need their own identity";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     POD = "02-pod.yaml",

@@ -6,25 +6,15 @@
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequestSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::conditions;
 use kube::ResourceExt as _;
 
 use crate::chapters::kit::{
     self, Error, LabRun, PRODUCTION, RunContext, probe_row, row, username,
 };
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 2.
-pub const CHAPTER: Chapter = Chapter {
-    number: 2,
-    slug: "02-token-mount",
-    title: "How the credential gets into the Pod",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "02-token-mount";
+kit::chapter! { 2, "02-token-mount", "How the credential gets into the Pod";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     POD = "02-pod.yaml",
@@ -190,22 +180,14 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
     pods.delete(&name, &DeleteParams::default())
         .await
         .map_err(api_err(format!("deleting Pod {name}")))?;
-    let lingering = tokio::time::timeout(
+    let lingering = kit::await_object(
+        &pods,
+        &name,
+        |p: Option<&Pod>| p.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
         cx.timeout,
-        await_condition(pods.clone(), &name, |p: Option<&Pod>| {
-            p.is_some_and(|p| p.metadata.deletion_timestamp.is_some())
-        }),
+        &format!("Pod {name} got no deletionTimestamp"),
     )
-    .await
-    .map_err(|_| Error::Timeout {
-        what: format!("Pod {name} got no deletionTimestamp"),
-        seconds: cx.timeout.as_secs(),
-        hint: String::new(),
-    })?
-    .map_err(|source| Error::Watch {
-        what: format!("Pod {name}"),
-        source,
-    })?;
+    .await?;
     let since = lingering
         .and_then(|p| p.metadata.deletion_timestamp)
         .map(|t| t.0.to_string())
@@ -217,20 +199,9 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
     pods.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
         .await
         .map_err(api_err(format!("removing finalizer {HOLD} from Pod {name}")))?;
-    tokio::time::timeout(
-        cx.timeout,
-        await_condition(pods.clone(), &name, conditions::is_deleted(&pod.uid().unwrap_or_default())),
-    )
-    .await
-    .map_err(|_| Error::Timeout {
-        what: format!("Pod {name} was not gone"),
-        seconds: cx.timeout.as_secs(),
-        hint: String::new(),
-    })?
-    .map_err(|source| Error::Watch {
-        what: format!("Pod {name}"),
-        source,
-    })?;
+    let uid = pod.uid().unwrap_or_default();
+    let gone = format!("Pod {name} was not gone");
+    kit::await_object(&pods, &name, conditions::is_deleted(&uid), cx.timeout, &gone).await?;
     rows.push(use_token(cx, "bound-token.deleted", &deleted, "the Pod object is gone").await?);
     Ok(rows)
 }

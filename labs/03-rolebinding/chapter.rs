@@ -8,19 +8,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, PostParams};
 
 use crate::chapters::kit::{self, Error, LabRun, PRODUCTION, RunContext, api_row, probe_row, row};
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 3.
-pub const CHAPTER: Chapter = Chapter {
-    number: 3,
-    slug: "03-rolebinding",
-    title: "Binding permissions",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "03-rolebinding";
+kit::chapter! { 3, "03-rolebinding", "Binding permissions";
     NAMESPACES = "00-namespaces.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     ROLE = "02-role.yaml",

@@ -5,19 +5,9 @@
 use kube::ResourceExt as _;
 
 use crate::chapters::kit::{self, Error, LabRun, PRODUCTION, RunContext, probe_row, service_account_of};
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 4.
-pub const CHAPTER: Chapter = Chapter {
-    number: 4,
-    slug: "04-default-sa",
-    title: "Why default must stay unprivileged",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "04-default-sa";
+kit::chapter! { 4, "04-default-sa", "Why default must stay unprivileged";
     NAMESPACE = "00-namespace.yaml",
     ROLE = "01-role.yaml",
     DEFAULT_BINDING = "02-default-binding.yaml",

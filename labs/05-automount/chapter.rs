@@ -11,19 +11,9 @@ use kube::ResourceExt as _;
 use crate::chapters::kit::{
     self, Error, LabRun, PRODUCTION, RunContext, probe_row, row, service_account_of,
 };
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 5.
-pub const CHAPTER: Chapter = Chapter {
-    number: 5,
-    slug: "05-automount",
-    title: "Disabling automount",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "05-automount";
+kit::chapter! { 5, "05-automount", "Disabling automount";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNTS = "01-serviceaccounts.yaml",
     POD_DEFAULT = "02-pod-default.yaml",

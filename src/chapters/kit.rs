@@ -181,6 +181,33 @@ macro_rules! manifests {
 }
 pub(crate) use manifests;
 
+/// A chapter's definition: `CHAPTER` and its `manifests` (see
+/// [`manifests!`]), in the chapter's own `chapter.rs`, whose scenario is
+/// its `async fn run(cx: &RunContext)`. The slug is written once.
+///
+/// ```text
+/// chapter! { 3, "03-rolebinding", "Binding permissions";
+///     NAMESPACES = "00-namespaces.yaml",
+/// }
+/// ```
+macro_rules! chapter {
+    ($number:literal, $slug:literal, $title:literal; $($name:ident = $file:literal),* $(,)?) => {
+        /// This chapter.
+        pub const CHAPTER: $crate::chapters::Chapter = $crate::chapters::Chapter {
+            number: $number,
+            slug: $slug,
+            title: $title,
+            manifests: manifests::ALL,
+            expected: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"), "/labs/", $slug, "/expected.yaml"
+            )),
+            scenario: |cx| Box::pin(run(cx)),
+        };
+        $crate::chapters::kit::manifests! { $slug; $($name = $file),* }
+    };
+}
+pub(crate) use chapter;
+
 pub use crate::rbac::{access_review, attrs, sa_user};
 
 /// The word for an HTTP status: the lab kit's outcome words.
@@ -674,6 +701,32 @@ impl RunContext {
     }
 }
 
+/// Wait (a watch) until object `name` meets `cond`, at most `timeout`;
+/// `what` says what was awaited when it does not happen.
+pub async fn await_object<K>(
+    api: &Api<K>,
+    name: &str,
+    cond: impl kube::runtime::wait::Condition<K>,
+    timeout: Duration,
+    what: &str,
+) -> Result<Option<K>, Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(obj)) => Ok(obj),
+        Ok(Err(source)) => Err(Error::Watch {
+            what: name.to_string(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            seconds: timeout.as_secs(),
+            hint: String::new(),
+        }),
+    }
+}
+
 /// Delete `name` (if present) and wait until it is gone (a watch, not a
 /// poll).
 pub async fn delete_and_wait<K>(api: &Api<K>, name: &str, timeout: Duration) -> Result<(), Error>
@@ -702,23 +755,9 @@ where
             });
         }
     }
-    match tokio::time::timeout(
-        timeout,
-        await_condition(api.clone(), name, conditions::is_deleted(&uid)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(source)) => Err(Error::Watch {
-            what: name.to_string(),
-            source,
-        }),
-        Err(_) => Err(Error::Timeout {
-            what: format!("{name} was not gone"),
-            seconds: timeout.as_secs(),
-            hint: String::new(),
-        }),
-    }
+    let what = format!("{name} was not gone");
+    await_object(api, name, conditions::is_deleted(&uid), timeout, &what).await?;
+    Ok(())
 }
 
 fn is_terminated(pod: Option<&Pod>) -> bool {

@@ -94,7 +94,7 @@ pub struct Connection {
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> {
     let provider = select_from_env(opts.provider)?;
     let image = select_image_from_env(provider, opts.image.as_deref())?;
-    match provider {
+    let (config, client, describe) = match provider {
         Provider::Local => {
             let name = local_name(opts.name.as_deref());
             let info = if local::running_pid(&name).is_some() {
@@ -117,13 +117,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                  `sa-lab down --name {name} && sa-lab up --name {name}`"
             );
             reachable(&client, &describe, &hint).await?;
-            Ok(Connection {
-                provider,
-                config,
-                client,
-                image,
-                describe,
-            })
+            (config, client, describe)
         }
         Provider::Kind | Provider::Current => {
             let (source_path, context) = if provider == Provider::Kind {
@@ -156,15 +150,16 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
             )
             .await?;
             preflight(&client).await.map_err(ConnectError::Preflight)?;
-            Ok(Connection {
-                provider,
-                config,
-                client,
-                image,
-                describe,
-            })
+            (config, client, describe)
         }
-    }
+    };
+    Ok(Connection {
+        provider,
+        config,
+        client,
+        image,
+        describe,
+    })
 }
 
 /// The local cluster's name: `--name`, else `$SA_LAB_CLUSTER`, else `sa-lab`.

@@ -36,6 +36,7 @@ pub fn context(conn: &Connection, timeout: Duration) -> RunContext {
         config: conn.config.clone(),
         image: conn.image.clone(),
         timeout,
+        audit_log: conn.audit_log.clone(),
     }
 }
 
@@ -83,7 +84,7 @@ pub async fn tour(
         .map_err(Error::Signal)?;
     let info = local::up_interruptible(&local::UpOptions {
         name: name.clone(),
-        api_port: None,
+        ..Default::default()
     })
     .await?;
     let body = async {
@@ -93,6 +94,9 @@ pub async fn tour(
             config: admin.config,
             image: crate::LAB_IMAGE.to_string(),
             timeout,
+            audit_log: info
+                .audit_log
+                .then(|| crate::audit::AuditLog::of_cluster(&info.dir)),
         };
         let mut entries = Vec::new();
         for chapter in chapters::catalog() {

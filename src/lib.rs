@@ -7,6 +7,7 @@
 //! and the chapter runner that compares what the API server decided with the
 //! curriculum's expected tables.
 
+pub mod audit;
 pub mod binaries;
 pub mod chapters;
 pub mod course;

@@ -47,6 +47,10 @@ enum Cmd {
         /// $SA_LAB_PROVIDER.
         #[arg(long)]
         provider: Option<Provider>,
+        /// Local: run kube-apiserver without its audit log (then no row
+        /// says which binding allowed it, and `sa-lab trace` has nothing).
+        #[arg(long)]
+        no_audit_log: bool,
     },
     /// Stop every process of a local cluster and remove its state.
     Down {
@@ -97,6 +101,20 @@ enum Cmd {
         /// Seconds to wait for each batch of lab Pods.
         #[arg(long, default_value_t = 90)]
         timeout: u64,
+    },
+    /// What a ServiceAccount did, from the API server's audit log: every
+    /// call, its answer, and which binding allowed it (local clusters).
+    Trace {
+        /// The ServiceAccount, as NAMESPACE:NAME (e.g. production:pod-manager).
+        service_account: String,
+        /// The local cluster (default $SA_LAB_CLUSTER, else sa-lab).
+        #[arg(long)]
+        name: Option<String>,
+        /// Keep printing calls as they happen (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Show each component of local clusters and its health.
     Status {
@@ -173,10 +191,15 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             provider,
             name,
             api_port,
+            no_audit_log,
         } => {
-            if let provider::Started::Local(info) =
-                provider::up(provider, name.as_deref(), api_port).await?
-            {
+            let args = provider::UpArgs {
+                provider,
+                name,
+                api_port,
+                no_audit_log,
+            };
+            if let provider::Started::Local(info) = provider::up(&args).await? {
                 eprintln!(
                     "Cluster {:?} is ready ({}). Point kubectl and sa-lab at it with:",
                     info.name, info.server
@@ -261,9 +284,60 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             }
             Ok(report.passed)
         }
+        Cmd::Trace {
+            service_account,
+            name,
+            follow,
+            output,
+        } => trace(&service_account, name.as_deref(), follow, output).await,
         Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
         Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
     }
+}
+
+async fn trace(
+    service_account: &str,
+    name: Option<&str>,
+    follow: bool,
+    output: Output,
+) -> anyhow::Result<bool> {
+    use sa_lab::audit;
+    let user = audit::service_account_user(service_account).with_context(|| {
+        format!("{service_account:?} is not NAMESPACE:NAME (e.g. production:pod-manager)")
+    })?;
+    let name = provider::connect::local_name(name);
+    let info = local::load(&name)?;
+    if !info.audit_log {
+        anyhow::bail!(
+            "cluster {name:?} runs without an audit log (sa-lab up --no-audit-log); \
+             restart it without that flag to trace"
+        );
+    }
+    let log = audit::AuditLog::of_cluster(&info.dir);
+    let calls = audit::calls_of(&log.events()?, &user);
+    let width = chapters::render::width();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&calls)?),
+        Output::Table if calls.is_empty() => eprintln!("No calls by {user} in the audit log yet."),
+        Output::Table => print!("{}", audit::render_calls(&calls, width)),
+    }
+    if follow {
+        eprintln!("Following the audit log for {user} (Ctrl-C to stop)...");
+        log.follow(|ev| {
+            if ev.user.username == user && ev.stage != "RequestReceived" {
+                let call = audit::Call::of(ev);
+                match output {
+                    Output::Json => {
+                        println!("{}", serde_json::to_string(&call).unwrap_or_default())
+                    }
+                    Output::Table => print!("{}", audit::render_calls(&[call], width)),
+                }
+            }
+            true
+        })
+        .await?;
+    }
+    Ok(true)
 }
 
 fn print_env(info: &local::ClusterInfo) {

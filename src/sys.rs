@@ -60,6 +60,47 @@ pub fn readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     Ok(registered?)
 }
 
+/// Changes in one directory (a file written, created, renamed into place
+/// or removed), as an inotify instance tokio can await.
+pub struct DirWatch {
+    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+impl DirWatch {
+    /// Starts watching `dir`.
+    pub fn new(dir: &std::path::Path) -> std::io::Result<DirWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF,
+        )?;
+        Ok(DirWatch {
+            fd: readable(inotify.into())?,
+        })
+    }
+
+    /// Waits for the next change (and drains the events queued so far).
+    pub async fn changed(&mut self) -> std::io::Result<()> {
+        let mut events = [0u8; 4096];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let read = guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), &mut events).map_err(std::io::Error::from)
+            });
+            match read {
+                Ok(n) => return n.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -57,7 +57,7 @@ async fn bench_up(runs: usize) {
         let t = Instant::now();
         let info = local::up(&UpOptions {
             name: name.clone(),
-            api_port: None,
+            ..Default::default()
         })
         .await
         .expect("sa-lab up");
@@ -139,7 +139,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     let name = format!("bench-pods-{}", std::process::id());
     let info = local::up(&UpOptions {
         name: name.clone(),
-        api_port: None,
+        ..Default::default()
     })
     .await
     .expect("up");

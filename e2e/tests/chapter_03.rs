@@ -76,6 +76,39 @@ async fn chapter_03_rolebinding() {
             row.id
         );
     }
+    // Which binding allowed each call, from the audit log: the RoleBinding
+    // and Role after phase 2; the ClusterRoleBinding for namespaces in
+    // phase 4; before the binding, nothing allowed it.
+    let reason = |id: &str| r.row(id).unwrap().reason.clone().unwrap_or_default();
+    let decision = |id: &str| r.row(id).unwrap().decision.clone().unwrap_or_default();
+    for id in ["after.list-pods", "after.create-pod", "wider.get-own-pod"] {
+        let why = reason(id);
+        assert!(
+            why.contains("RoleBinding \"pod-manager-binding/production\"")
+                && why.contains("Role \"pod-editor\""),
+            "{id}: {why}"
+        );
+        assert_eq!(decision(id), "allow", "{id}");
+    }
+    let why = reason("wider.list-namespaces");
+    assert!(
+        why.contains("ClusterRoleBinding \"sa-lab-pod-manager-reads-namespaces\""),
+        "{why}"
+    );
+    let why = reason("wider.list-pods-staging");
+    assert!(
+        why.contains("pod-manager-views-staging") && why.contains("\"view\""),
+        "{why}"
+    );
+    for id in [
+        "before.list-pods",
+        "after.list-secrets",
+        "wider.list-deployments",
+    ] {
+        assert_eq!(decision(id), "forbid", "{id}");
+        assert!(!reason(id).contains("allowed by"), "{id}: {}", reason(id));
+    }
+
     // The Forbidden message names user, verb, resource and namespace.
     let msg = &r.row("after.list-pods-staging").unwrap().message;
     assert!(

@@ -31,6 +31,8 @@ pub const COURSE_NAMESPACES: [&str; 2] = [PRODUCTION, "staging"];
 pub const FIELD_MANAGER: &str = "sa-lab";
 /// How long RBAC changes may take to reach the authorizer.
 const AUTHZ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the audit log may take to show a request's event.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a namespace may take to get its `default` ServiceAccount.
 const NS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -116,6 +118,9 @@ pub struct RunContext {
     pub image: String,
     /// How long to wait for each batch of lab Pods.
     pub timeout: Duration,
+    /// The API server's audit log, where sa-lab can read it: each row then
+    /// says which binding allowed its call.
+    pub audit_log: Option<crate::audit::AuditLog>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -250,6 +255,7 @@ pub fn probe_row(id: impl Into<String>, subject: &str, p: Option<&ProbeRow>) -> 
         name: p.name.clone(),
         status: p.status,
         authorizer: p.authorizer.map(|a| a.to_string()),
+        audit_id: p.audit_id.clone(),
         ..row(id, subject, p.actual.as_str(), p.message.clone())
     }
 }
@@ -333,6 +339,7 @@ impl RunContext {
             config,
             image,
             timeout,
+            audit_log: None,
         })
     }
 
@@ -384,6 +391,34 @@ impl RunContext {
             }
         }
         Ok(())
+    }
+
+    /// Adds the authorizer's decision and reason (from the audit log) to
+    /// every row whose request the lab recorded by its `Audit-Id`. Without
+    /// an audit log, rows keep no reason.
+    pub async fn explain(&self, rows: &mut [Row]) {
+        let Some(log) = &self.audit_log else {
+            return;
+        };
+        let ids: Vec<String> = rows.iter().filter_map(|r| r.audit_id.clone()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let found = match log.find(&ids, AUDIT_TIMEOUT).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("{}", crate::ui::error_chain(&e));
+                return;
+            }
+        };
+        for row in rows.iter_mut() {
+            let Some(ev) = row.audit_id.as_ref().and_then(|id| found.get(id)) else {
+                continue;
+            };
+            let x = ev.explanation();
+            row.decision = x.decision;
+            row.reason = x.reason;
+        }
     }
 
     /// Delete every object the course made (label
@@ -554,6 +589,25 @@ impl RunContext {
                 pod: what.clone(),
                 problem: "it finished but reports no terminated container".into(),
             })?;
+        // The whole report is the last line of the lab's log; the
+        // termination message holds a version cut to fit 4 KiB.
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
+        let lp = kube::api::LogParams {
+            container,
+            ..Default::default()
+        };
+        if let Some(report) = api
+            .logs(&name, &lp)
+            .await
+            .ok()
+            .and_then(|log| lab_kit::report::from_log(&log))
+        {
+            return Ok(LabRun { pod, report });
+        }
         let message = terminated.message.clone().unwrap_or_default();
         let report = lab_kit::report::parse(&message).map_err(|e| Error::LabPod {
             pod: what.clone(),

@@ -158,6 +158,17 @@ pub struct Row {
     /// thing changed (the token, the binding, the namespace...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twin: Option<String>,
+    /// The request's `Audit-Id`, where the lab recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
+    /// The authorizer's decision for that request, from the audit log
+    /// (`allow`, `forbid`); none if it never reached the authorizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// The authorizer's reason, from the audit log: for an allowed call,
+    /// the binding and role that allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// `actual == expected`, the authorizer agrees where it must be asked,
     /// and a refusal's twin was allowed.
     pub pass: bool,
@@ -199,7 +210,8 @@ pub async fn run_chapter(cx: &RunContext, chapter: &Chapter) -> Result<ChapterRe
         source: Box::new(e),
     };
     cx.clean_slate().await.map_err(in_chapter)?;
-    let observed = (chapter.scenario)(cx).await.map_err(in_chapter)?;
+    let mut observed = (chapter.scenario)(cx).await.map_err(in_chapter)?;
+    cx.explain(&mut observed).await;
     oracle::compare(chapter, observed).map_err(|e| in_chapter(Error::Oracle(e)))
 }
 

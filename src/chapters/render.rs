@@ -42,6 +42,9 @@ pub fn render(result: &ChapterResult, width: u16) -> String {
         if let Some(s) = r.status {
             actual = format!("{actual} ({s})");
         }
+        if let Some(why) = short_reason(r) {
+            actual = format!("{actual}\n{why}");
+        }
         t.add_row([
             (i + 1).to_string(),
             if r.pass { "✓" } else { "✗" }.to_string(),
@@ -62,6 +65,17 @@ pub fn render(result: &ChapterResult, width: u16) -> String {
     out
 }
 
+/// What the audit log says decided the row, short (rows whose request was
+/// recorded by its `Audit-Id` only).
+fn short_reason(r: &super::Row) -> Option<String> {
+    r.audit_id.as_ref()?;
+    let x = crate::audit::Explanation {
+        decision: r.decision.clone(),
+        reason: r.reason.clone(),
+    };
+    Some(x.short(r.status.unwrap_or_default()))
+}
+
 /// Every row's message (and why it failed) in full, wrapped to `width`.
 fn messages(result: &ChapterResult, width: usize) -> String {
     let mut out = String::new();
@@ -72,6 +86,9 @@ fn messages(result: &ChapterResult, width: usize) -> String {
         }
         if let Some(a) = &r.authorizer {
             parts.push(format!("authorizer: {a}."));
+        }
+        if let Some(reason) = r.reason.as_deref().filter(|x| !x.is_empty()) {
+            parts.push(format!("{reason}."));
         }
         if !r.message.is_empty() {
             parts.push(r.message.replace('\n', " "));
@@ -87,7 +104,7 @@ fn messages(result: &ChapterResult, width: usize) -> String {
 
 /// `text` after `label`, wrapped at spaces to `width` columns, continuation
 /// lines indented under the text. Words longer than a line are split.
-fn wrap(label: &str, text: &str, width: usize) -> String {
+pub fn wrap(label: &str, text: &str, width: usize) -> String {
     let indent = label.chars().count();
     let room = width.saturating_sub(indent).max(20);
     let mut out = String::new();

@@ -99,6 +99,9 @@ impl Component {
                     "--cert-dir={}",
                     pki.join("apiserver-generated").display()
                 ));
+                if info.audit_log {
+                    a.extend(crate::audit::apiserver_flags(&info.dir));
+                }
                 (bin("kube-apiserver"), a)
             }
             Component::ControllerManager => {

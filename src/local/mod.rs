@@ -101,6 +101,9 @@ pub struct UpOptions {
     pub name: String,
     /// Fixed API server port; a free one is chosen when `None`.
     pub api_port: Option<u16>,
+    /// Run kube-apiserver without its audit log (for the benchmark's
+    /// comparison; `sa-lab trace` and the rows' reasons need it).
+    pub no_audit_log: bool,
 }
 
 /// A local cluster's fixed facts, stored in `<dir>/cluster.json`.
@@ -120,6 +123,13 @@ pub struct ClusterInfo {
     pub bin_dir: PathBuf,
     pub labs_dir: PathBuf,
     pub kubernetes_version: String,
+    /// kube-apiserver writes an audit log (`logs/audit.log`).
+    #[serde(default = "yes")]
+    pub audit_log: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ClusterInfo {
@@ -408,6 +418,7 @@ async fn prepare_and_start(
         bin_dir,
         labs_dir: paths::labs_dir(),
         kubernetes_version: crate::KUBERNETES_VERSION.to_string(),
+        audit_log: !opts.no_audit_log,
     };
     let cluster = format!("sa-lab-{name}");
     let kc = |file: &str, user: &str, pair: &pki::Pair| {
@@ -436,6 +447,9 @@ async fn prepare_and_start(
         &format!("system:node:{NODE_NAME}"),
         &pki.node,
     )?;
+    if info.audit_log {
+        crate::audit::prepare(dir)?;
+    }
     let json = serde_json::to_vec_pretty(&info).expect("cluster info serializes");
     pki::write_private(&dir.join("cluster.json"), &json)?;
     step.ok();

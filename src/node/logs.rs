@@ -5,7 +5,6 @@
 //! it does not check who asks; it listens on 127.0.0.1 only.
 
 use std::convert::Infallible;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,8 +13,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 
@@ -237,27 +234,18 @@ struct Follower {
     offset: u64,
     log: PathBuf,
     cdir: PathBuf,
-    /// An inotify instance watching the container dir.
-    notify: AsyncFd<OwnedFd>,
+    /// Changes in the container dir.
+    watch: crate::sys::DirWatch,
 }
 
 impl Follower {
     fn new(offset: u64, log: PathBuf, cdir: PathBuf) -> std::io::Result<Self> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(
-            &cdir,
-            AddWatchFlags::IN_MODIFY
-                | AddWatchFlags::IN_CREATE
-                | AddWatchFlags::IN_MOVED_TO
-                | AddWatchFlags::IN_DELETE_SELF
-                | AddWatchFlags::IN_MOVE_SELF,
-        )?;
-        let notify = crate::sys::readable(inotify.into())?;
+        let watch = crate::sys::DirWatch::new(&cdir)?;
         Ok(Follower {
             offset,
             log,
             cdir,
-            notify,
+            watch,
         })
     }
 
@@ -278,22 +266,7 @@ impl Follower {
             if finished {
                 return None;
             }
-            self.changed().await.ok()?;
-        }
-    }
-
-    /// Waits for the next inotify events on the container dir (and drains them).
-    async fn changed(&self) -> std::io::Result<()> {
-        let mut events = [0u8; 4096];
-        loop {
-            let mut guard = self.notify.readable().await?;
-            let read = guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref(), &mut events).map_err(std::io::Error::from)
-            });
-            match read {
-                Ok(n) => return n.map(drop),
-                Err(_would_block) => continue,
-            }
+            self.watch.changed().await.ok()?;
         }
     }
 }

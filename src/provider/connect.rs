@@ -86,6 +86,9 @@ pub struct Connection {
     pub image: String,
     /// Which cluster this is, for messages.
     pub describe: String,
+    /// The API server's audit log, where sa-lab can read it (the local
+    /// provider's); elsewhere rows name no reason.
+    pub audit_log: Option<crate::audit::AuditLog>,
 }
 
 /// Reaches the cluster chapters should run on. A local cluster that is not
@@ -94,7 +97,7 @@ pub struct Connection {
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> {
     let provider = select_from_env(opts.provider)?;
     let image = select_image_from_env(provider, opts.image.as_deref())?;
-    let (config, client, describe) = match provider {
+    let (config, client, describe, audit_log) = match provider {
         Provider::Local => {
             let name = local_name(opts.name.as_deref());
             let info = if local::running_pid(&name).is_some() {
@@ -106,7 +109,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                 );
                 local::up_interruptible(&local::UpOptions {
                     name: name.clone(),
-                    api_port: None,
+                    ..Default::default()
                 })
                 .await?
             };
@@ -117,7 +120,10 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                  `sa-lab down --name {name} && sa-lab up --name {name}`"
             );
             reachable(&client, &describe, &hint).await?;
-            (config, client, describe)
+            let audit = info
+                .audit_log
+                .then(|| crate::audit::AuditLog::of_cluster(&info.dir));
+            (config, client, describe, audit)
         }
         Provider::Kind | Provider::Current => {
             let (source_path, context) = if provider == Provider::Kind {
@@ -150,7 +156,11 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
             )
             .await?;
             preflight(&client).await.map_err(ConnectError::Preflight)?;
-            (config, client, describe)
+            eprintln!(
+                "Note: on a {provider} cluster sa-lab cannot read the API server's audit log, \
+                 so rows do not name the binding that allowed them."
+            );
+            (config, client, describe, None)
         }
     };
     Ok(Connection {
@@ -159,6 +169,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
         client,
         image,
         describe,
+        audit_log,
     })
 }
 
@@ -199,17 +210,30 @@ pub enum Started {
     Kind(String),
 }
 
-/// `sa-lab up` for the chosen provider (`--provider`, else
-/// `$SA_LAB_PROVIDER`, else local).
-pub async fn up(
-    provider: Option<Provider>,
-    name: Option<&str>,
-    api_port: Option<u16>,
-) -> Result<Started, ConnectError> {
-    match select_from_env(provider)? {
+/// What `sa-lab up` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct UpArgs {
+    /// `--provider`, else `$SA_LAB_PROVIDER`, else local.
+    pub provider: Option<Provider>,
+    /// `--name` (local default `sa-lab`, kind default `sa-lab-kind`).
+    pub name: Option<String>,
+    /// Local: a fixed API server port.
+    pub api_port: Option<u16>,
+    /// Local: no audit log.
+    pub no_audit_log: bool,
+}
+
+/// `sa-lab up` for the chosen provider.
+pub async fn up(args: &UpArgs) -> Result<Started, ConnectError> {
+    let name = args.name.as_deref();
+    match select_from_env(args.provider)? {
         Provider::Local => {
-            let name = name.unwrap_or(local::DEFAULT_NAME).to_string();
-            let info = local::up_interruptible(&local::UpOptions { name, api_port }).await?;
+            let info = local::up_interruptible(&local::UpOptions {
+                name: name.unwrap_or(local::DEFAULT_NAME).to_string(),
+                api_port: args.api_port,
+                no_audit_log: args.no_audit_log,
+            })
+            .await?;
             Ok(Started::Local(info))
         }
         Provider::Kind => {

@@ -20,7 +20,7 @@
 pub mod connect;
 pub mod preflight;
 
-pub use connect::{ConnectError, ConnectOptions, Connection, Started, connect, down, up};
+pub use connect::{ConnectError, ConnectOptions, Connection, Started, UpArgs, connect, down, up};
 pub use preflight::{
     AccessCheck, PreflightError, Problem, access_checks, broad_bindings, preflight,
 };

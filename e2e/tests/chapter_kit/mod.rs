@@ -16,6 +16,10 @@ pub async fn run(c: &TestCluster, query: &str) -> ChapterResult {
         config: admin.config,
         image: sa_lab::LAB_IMAGE.to_string(),
         timeout: std::time::Duration::from_secs(90),
+        audit_log: c
+            .info
+            .audit_log
+            .then(|| sa_lab::audit::AuditLog::of_cluster(&c.info.dir)),
     };
     let chapter = chapters::find(query).expect("chapter");
     let result = chapters::run_chapter(&cx, chapter)

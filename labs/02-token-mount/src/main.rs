@@ -58,14 +58,12 @@ async fn run(report: &mut Report) -> anyhow::Result<()> {
     let ca = std::fs::read(CA_PATH).context("read ca.crt")?;
     let res = lab_kit::https::get(&url, &ca, Some(&token)).await?;
     // ANCHOR_END: by-hand
-    report
-        .rows
-        .push(pods_row("raw-get-pods", res.status, &res.message()));
+    report.rows.push(pods_row("raw-get-pods", &res));
 
     // The same call with a token whose signature is broken: 401, not 403.
     let bad = lab_kit::jwt::corrupt(&token);
     let res = lab_kit::https::get(&url, &ca, Some(&bad)).await?;
-    let row = pods_row("raw-get-pods-corrupted", res.status, &res.message());
+    let row = pods_row("raw-get-pods-corrupted", &res);
     report.rows.push(row);
 
     // ANCHOR: client
@@ -89,6 +87,7 @@ async fn run(report: &mut Report) -> anyhow::Result<()> {
 }
 
 /// A raw GET of /api/v1/namespaces/production/pods, as a report row.
-fn pods_row(id: &str, status: u16, message: &str) -> ProbeRow {
-    ProbeRow::http(id, "list", "pods", "production", status, message)
+fn pods_row(id: &str, res: &lab_kit::https::RawResponse) -> ProbeRow {
+    ProbeRow::http(id, "list", "pods", "production", res.status, &res.message())
+        .audited(res.audit_id.clone())
 }

@@ -75,9 +75,7 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
     // ANCHOR: anonymous
     // No Authorization header at all: the API server sees system:anonymous.
     let res = lab_kit::https::get(&pods, &ca, None).await?;
-    report
-        .rows
-        .push(pods_row("anonymous-get-pods", res.status, &res.message()));
+    report.rows.push(pods_row("anonymous-get-pods", &res));
     // Anonymous may read a little here: /version is public (clusters may
     // restrict anonymous access to a few endpoints, or turn it off).
     let version = format!("{server}/version");
@@ -89,7 +87,7 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
         Some(status),
         &msg,
     );
-    report.rows.push(row);
+    report.rows.push(row.audited(res.audit_id));
     // ANCHOR_END: anonymous
 
     // ANCHOR: vault-token
@@ -101,9 +99,7 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
     let ttl = secs("exp") - secs("iat");
     report.fact("vault_ttl", ttl);
     let res = lab_kit::https::get(&pods, &ca, Some(&token)).await?;
-    report
-        .rows
-        .push(pods_row("vault-token-get-pods", res.status, &res.message()));
+    report.rows.push(pods_row("vault-token-get-pods", &res));
     // ANCHOR_END: vault-token
     Ok(())
 }
@@ -115,13 +111,12 @@ async fn with_explicit_api_token(report: &mut Report, dir: &str) -> anyhow::Resu
     let pods = format!("{server}/api/v1/namespaces/production/pods");
     let token = std::fs::read_to_string(format!("{dir}/token"))?;
     let res = lab_kit::https::get(&pods, &ca, Some(&token)).await?;
-    report
-        .rows
-        .push(pods_row("api-token-get-pods", res.status, &res.message()));
+    report.rows.push(pods_row("api-token-get-pods", &res));
     Ok(())
 }
 
 /// A raw GET of /api/v1/namespaces/production/pods, as a report row.
-fn pods_row(id: &str, status: u16, message: &str) -> ProbeRow {
-    ProbeRow::http(id, "list", "pods", "production", status, message)
+fn pods_row(id: &str, res: &lab_kit::https::RawResponse) -> ProbeRow {
+    ProbeRow::http(id, "list", "pods", "production", res.status, &res.message())
+        .audited(res.audit_id.clone())
 }

@@ -19,6 +19,8 @@ pub struct RawResponse {
     pub status: u16,
     /// Response body.
     pub body: Vec<u8>,
+    /// The `Audit-Id` header, if the API server sent one.
+    pub audit_id: Option<String>,
 }
 
 impl RawResponse {
@@ -66,6 +68,11 @@ pub async fn get(url: &str, ca_pem: &[u8], token: Option<&str>) -> anyhow::Resul
         .context("timed out talking to the API server")?
         .with_context(|| format!("GET {url}"))?;
     let status = res.status().as_u16();
+    let audit_id = crate::probe::audit_id(res.headers());
     let body = res.into_body().collect().await?.to_bytes().to_vec();
-    Ok(RawResponse { status, body })
+    Ok(RawResponse {
+        status,
+        body,
+        audit_id,
+    })
 }

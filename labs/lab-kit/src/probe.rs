@@ -246,6 +246,7 @@ impl Probe {
             status,
             message: message.to_string(),
             authorizer: None,
+            audit_id: None,
         }
     }
 
@@ -260,6 +261,7 @@ impl Probe {
             Err(e) => return self.row(Outcome::Error, None, &e.to_string()),
         };
         let code = res.status().as_u16();
+        let audit_id = audit_id(res.headers());
         let bytes = res
             .into_body()
             .collect()
@@ -271,6 +273,7 @@ impl Probe {
             Some(code),
             &message_of(code, &bytes),
         )
+        .audited(audit_id)
     }
 
     /// Ask the authorizer (SelfSubjectAccessReview) about the same
@@ -319,6 +322,14 @@ impl Probe {
         row.authorizer = Some(self.ask_authorizer(client).await.0);
         row
     }
+}
+
+/// The `Audit-Id` header of an API server's response, if it sent one.
+pub fn audit_id(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("audit-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// A short message for an HTTP answer: the `Status` message for errors,

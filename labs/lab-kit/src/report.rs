@@ -13,6 +13,10 @@ use crate::probe::Outcome;
 
 /// The most a termination message may hold.
 pub const MAX_REPORT_BYTES: usize = 4096;
+/// The line of the lab's log that carries the whole report (no message
+/// cut): the runner reads it from the Pod's log, and falls back to the
+/// termination message, which must fit 4 KiB.
+pub const REPORT_LINE_PREFIX: &str = "sa-lab-report: ";
 /// We stay a little under it.
 const BUDGET: usize = 4000;
 
@@ -50,6 +54,11 @@ pub struct ProbeRow {
     /// What a SelfSubjectAccessReview for the same attributes said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizer: Option<Outcome>,
+    /// The response's `Audit-Id` header: the API server's audit log has
+    /// this request under that id, with the authorizer's decision and
+    /// reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
 }
 
 impl ProbeRow {
@@ -85,7 +94,13 @@ impl ProbeRow {
             status,
             message: message.into(),
             authorizer: None,
+            audit_id: None,
         }
+    }
+
+    /// The same row, naming the request's `Audit-Id`.
+    pub fn audited(self, audit_id: Option<String>) -> ProbeRow {
+        ProbeRow { audit_id, ..self }
     }
 }
 
@@ -194,8 +209,17 @@ impl Report {
         t.to_string()
     }
 
-    /// Print identity, facts and the table on stdout, then write the
-    /// termination message.
+    /// The whole report on one line of the log, [`REPORT_LINE_PREFIX`]
+    /// first.
+    pub fn report_line(&self) -> String {
+        format!(
+            "{REPORT_LINE_PREFIX}{}",
+            serde_json::to_string(self).unwrap_or_default()
+        )
+    }
+
+    /// Print identity, facts and the table on stdout, then the whole report
+    /// on its own line, then write the termination message.
     pub fn finish(&self) {
         if let Some(pod) = &self.pod {
             println!("pod: {pod}");
@@ -210,6 +234,7 @@ impl Report {
         if !self.rows.is_empty() {
             println!("{}", self.table());
         }
+        println!("{}", self.report_line());
         self.write_termination_message();
     }
 }
@@ -241,6 +266,15 @@ pub fn parse(message: &str) -> Result<Report, serde_json::Error> {
     serde_json::from_str(message)
 }
 
+/// The report in a lab's log (its last [`REPORT_LINE_PREFIX`] line), if
+/// there is one.
+pub fn from_log(log: &str) -> Option<Report> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(REPORT_LINE_PREFIX))
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +295,23 @@ mod tests {
         assert!(s.len() <= MAX_REPORT_BYTES, "{}", s.len());
         let back = parse(&s).unwrap();
         assert_eq!(back.rows.len(), 20);
+    }
+
+    #[test]
+    fn the_log_line_keeps_every_message_whole() {
+        let mut r = Report::new("03", "lab-03-rolebinding");
+        let long = "is attempting to grant RBAC permissions not currently held: ".repeat(40);
+        r.rows.push(
+            ProbeRow::simple("bind-edit", Outcome::Forbidden, Some(403), &long)
+                .audited(Some("3f0e-aa".into())),
+        );
+        let log = format!("a table\n{}\n", r.report_line());
+        let back = from_log(&log).unwrap();
+        assert_eq!(back.rows[0].message, long);
+        assert_eq!(back.rows[0].audit_id.as_deref(), Some("3f0e-aa"));
+        assert!(from_log("no report here").is_none());
+        // The termination message still fits.
+        assert!(r.to_compact_json().len() <= MAX_REPORT_BYTES);
     }
 
     #[test]

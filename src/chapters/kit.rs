@@ -539,13 +539,27 @@ impl RunContext {
         }
         for pod in &pods {
             let ns = pod.namespace().unwrap_or_default();
+            let name = pod.name_any();
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-            api.create(&PostParams::default(), pod)
-                .await
-                .map_err(|source| Error::Api {
-                    action: format!("creating lab Pod {ns}/{}", pod.name_any()),
-                    source,
-                })?;
+            let mut attempts = 0;
+            loop {
+                match api.create(&PostParams::default(), pod).await {
+                    Ok(_) => break,
+                    // The old Pod of that name was seen gone by a watch
+                    // (served from the API server's cache) before its
+                    // deletion reached storage: wait for it again.
+                    Err(kube::Error::Api(s)) if s.code == 409 && attempts < 3 => {
+                        attempts += 1;
+                        delete_and_wait(&api, &name, self.timeout).await?;
+                    }
+                    Err(source) => {
+                        return Err(Error::Api {
+                            action: format!("creating lab Pod {ns}/{name}"),
+                            source,
+                        });
+                    }
+                }
+            }
         }
         let waits = pods.iter().map(|pod| self.wait_report(pod));
         futures::future::try_join_all(waits).await

@@ -87,3 +87,45 @@ require_debian_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
     die "apt-get could not install ${missing[*]}"
 }
+
+# oci_archive ROOTFS REF OUT USER ENTRYPOINT...: packs directory ROOTFS as a
+# one-layer image (FROM scratch) with umoci and writes it as an OCI archive
+# (a tar of the OCI image layout) to OUT. REF is the full name, e.g.
+# docker.io/library/sa-lab-labs:0.1.0; the index carries it in the
+# annotations containerd's own export writes (io.containerd.image.name and
+# org.opencontainers.image.ref.name), so `ctr images import` and
+# `kind load image-archive` name the image REF. No daemon, no registry.
+oci_archive() {
+  local rootfs="$1" ref="$2" out="$3" user="$4"
+  shift 4
+  local tag="${ref##*:}" work layout args=() e rootless=()
+  [[ "$(id -u)" -eq 0 ]] || rootless=(--rootless)
+  for e in "$@"; do args+=(--config.entrypoint "${e}"); done
+  work="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-oci.XXXXXX")"
+  layout="${work}/oci"
+  # The image's / (a temporary directory here, 0700) is world-readable in
+  # any image; fixed timestamps: the same files give the same digests.
+  chmod 0755 "${rootfs}"
+  find "${rootfs}" -exec touch -h -d @0 {} +
+  (
+    set -o errexit
+    umoci init --layout "${layout}"
+    umoci new --image "${layout}:${tag}"
+    umoci insert "${rootless[@]}" --image "${layout}:${tag}" \
+      --history.created 1970-01-01T00:00:00Z --history.created_by "sa-lab: ${ref}" "${rootfs}" /
+    umoci config --image "${layout}:${tag}" --created 1970-01-01T00:00:00Z --no-history \
+      --os linux --architecture amd64 --config.user "${user}" "${args[@]}" \
+      --config.env PATH=/usr/local/bin:/usr/bin:/bin
+    umoci gc --layout "${layout}"
+    jq --arg name "${ref}" --arg tag "${tag}" \
+      '.manifests[0].annotations = {"io.containerd.image.name": $name, "org.opencontainers.image.ref.name": $tag}' \
+      "${layout}/index.json" >"${work}/index.json"
+    mv "${work}/index.json" "${layout}/index.json"
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "${layout}" -cf "${out}.tmp" .
+    mv "${out}.tmp" "${out}"
+  ) || {
+    rm -rf "${work}" "${out}.tmp"
+    return 1
+  }
+  rm -rf "${work}"
+}

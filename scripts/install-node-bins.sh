@@ -42,22 +42,6 @@ cache_dir() {
     "$(k8s_version)" "$(containerd_version)" "$(cni_version)" "$(crictl_version)"
 }
 
-# Reads `go build -v` output: a progress line every 100 packages; passes
-# through anything that is not a package path (errors, warnings).
-progress() {
-  local n=0 line start="${SECONDS}"
-  while IFS= read -r line; do
-    if [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
-      n=$((n + 1))
-      if ((n % 100 == 0)); then
-        printf '   ... %d packages compiled (%ds)\n' "${n}" "$((SECONDS - start))" >&2
-      fi
-    else
-      printf '%s\n' "${line}" >&2
-    fi
-  done
-}
-
 # missing DIR NAME...: prints the names not yet executable in DIR.
 missing() {
   local dir="$1" b
@@ -75,7 +59,7 @@ go_build() {
   # shellcheck disable=SC2064 # expand now: the trap must remove this tmp dir
   trap "rm -rf '${tmp}'" EXIT
   (cd "${REPO_ROOT}/tools/${tool}" &&
-    CGO_ENABLED=0 go build -v -trimpath -tags "${tags}" -ldflags "${ldflags}" -o "${tmp}/" "$@" 2>&1 | progress)
+    CGO_ENABLED=0 go build -v -trimpath -tags "${tags}" -ldflags "${ldflags}" -o "${tmp}/" "$@" 2>&1 | go_progress 100)
   for pkg in "$@"; do mv "${tmp}/${pkg##*/}" "${out}/"; done
   rmdir "${tmp}"
   trap - EXIT

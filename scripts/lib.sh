@@ -88,6 +88,23 @@ require_debian_packages() {
     die "apt-get could not install ${missing[*]}"
 }
 
+# go_progress [EVERY]: reads `go build -v` output, prints a progress line
+# every EVERY (default 250) packages and passes through anything that is
+# not a package path (errors, warnings).
+go_progress() {
+  local every="${1:-250}" n=0 line start="${SECONDS}"
+  while IFS= read -r line; do
+    if [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
+      n=$((n + 1))
+      if ((n % every == 0)); then
+        printf '   ... %d packages compiled (%ds)\n' "${n}" "$((SECONDS - start))" >&2
+      fi
+    else
+      printf '%s\n' "${line}" >&2
+    fi
+  done
+}
+
 # oci_archive ROOTFS REF OUT USER ENTRYPOINT...: packs directory ROOTFS as a
 # one-layer image (FROM scratch) with umoci and writes it as an OCI archive
 # (a tar of the OCI image layout) to OUT. REF is the full name, e.g.

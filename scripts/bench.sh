@@ -4,9 +4,10 @@
 #   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
-# 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
-#    and p95), a graceful delete to the Pod gone (the program exits on
-#    SIGTERM), and the interval between the node's Lease renewals;
+# 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
+#    graceful delete to the Pod gone (the program exits on SIGTERM), and the
+#    interval between the node's Lease renewals;
+#    1 and 2 with the sandbox node, then (as root) with the kubelet node;
 # 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down).
 # The e2e tests assert behaviour only; every timing lives here.
 # Everything runs the same debug build the README's commands use.
@@ -24,6 +25,10 @@ main() {
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
+  if [[ "$(id -u)" -eq 0 ]]; then
+    SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
+    export SA_LAB_NODE_BIN
+  fi
   SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
   export SA_LAB_HOME
   trap 'rm -rf "${SA_LAB_HOME}"' EXIT

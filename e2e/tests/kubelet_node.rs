@@ -137,7 +137,8 @@ async fn kubelet_fills_and_refreshes_the_token() {
 }
 
 /// Pods reach the API server through the kubernetes Service, and nothing
-/// else: not another port of this host, not an address outside it.
+/// else: not another port of this host, not an address outside it. (And a
+/// second kubelet node is refused while this one runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_traffic_stays_on_this_host() {
     if !common::kubelet_node_possible() {
@@ -146,6 +147,23 @@ async fn pod_traffic_stays_on_this_host() {
     let c = TestCluster::start_kubelet("kl-egress").await;
     let client = c.client().await;
     let k = c.info.kubelet.clone().unwrap();
+
+    // One kubelet node per host: the supervisor holds the host lock for the
+    // cluster's life, so a second `up` is refused, naming this cluster.
+    let other = common::unique("t-kl-second");
+    let out = common::sa_lab(&["up", "--node", "kubelet", "--name", &other], &[]).failure();
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the kubelet node of cluster {:?} is running",
+            c.info.name
+        )),
+        "{err}"
+    );
+    assert!(
+        !sa_lab::paths::cluster_dir(&other).exists(),
+        "nothing half-made is left"
+    );
 
     // While the cluster runs: the Service CIDR fails closed, the bridge
     // forwards nothing.

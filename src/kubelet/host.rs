@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 use serde::{Deserialize, Serialize};
 
 use super::net::{self, Network};
@@ -108,14 +108,31 @@ fn write_record(r: &Record) -> Result<(), Error> {
 
 // ---------------------------------------------------------------- the lock
 
-/// The host-wide lock of the kubelet node, held by the cluster's supervisor.
+/// The host-wide lock of the kubelet node. `up` takes it and hands its
+/// open file description to the supervisor, which keeps it for the
+/// cluster's life. Dropping a `NodeLock` only closes its descriptor, never
+/// unlocks: an explicit unlock would release the lock for the supervisor
+/// too (an flock belongs to the open file description, which both share).
+/// The lock goes when the last descriptor of it closes.
 pub struct NodeLock {
-    lock: Flock<fs::File>,
+    file: fs::File,
 }
 
 /// The environment variable that hands the lock's descriptor from `up` to
 /// the supervisor it starts.
 const LOCK_FD_VAR: &str = "SA_LAB_NODE_LOCK_FD";
+
+/// flock(2) on a descriptor, without the unlock-on-drop of nix's `Flock`
+/// (see [`NodeLock`]).
+#[allow(deprecated)]
+fn flock(file: &fs::File, wait: bool) -> nix::Result<()> {
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    nix::fcntl::flock(file.as_raw_fd(), arg)
+}
 
 impl NodeLock {
     /// Takes the lock; `wait` blocks until it is free, else a held lock is
@@ -128,27 +145,22 @@ impl NodeLock {
             .write(true)
             .open(LOCK_FILE)
             .map_err(Error::io(format!("opening {LOCK_FILE}")))?;
-        let arg = if wait {
-            FlockArg::LockExclusive
-        } else {
-            FlockArg::LockExclusiveNonblock
-        };
-        match Flock::lock(file, arg) {
-            Ok(lock) => Ok(NodeLock { lock }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+        match flock(&file, wait) {
+            Ok(()) => Ok(NodeLock { file }),
+            Err(nix::errno::Errno::EWOULDBLOCK) => {
                 let holder = read_record()
                     .map(|r| r.cluster)
                     .unwrap_or_else(|| "another sa-lab cluster".into());
                 Err(Error::Busy { holder })
             }
-            Err((_, e)) => Err(Error::io(format!("locking {LOCK_FILE}"))(e.into())),
+            Err(e) => Err(Error::io(format!("locking {LOCK_FILE}"))(e.into())),
         }
     }
 
     /// Lets the child `cmd` starts (the supervisor) inherit the lock, and
     /// names the descriptor in its environment.
     pub fn pass_to(&self, cmd: &mut Command) {
-        let fd = self.lock.as_raw_fd();
+        let fd = self.file.as_raw_fd();
         crate::sys::inherit_fd(cmd, fd);
         cmd.env(LOCK_FD_VAR, fd.to_string());
     }
@@ -168,10 +180,10 @@ impl NodeLock {
             .map(fs::File::from);
         if let Some(file) = inherited {
             let _ = fcntl(&file, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-            // This open file description already holds the lock: taking it
-            // again succeeds at once and gives us the guard.
-            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return Ok(NodeLock { lock });
+            // This open file description holds the lock already: taking it
+            // again succeeds at once (and proves it).
+            if flock(&file, false).is_ok() {
+                return Ok(NodeLock { file });
             }
         }
         NodeLock::acquire(false)

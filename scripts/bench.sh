@@ -14,6 +14,9 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 
 median() {
   sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
@@ -25,7 +28,7 @@ main() {
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
-  if [[ "$(id -u)" -eq 0 ]]; then
+  if kubelet_node_possible; then
     SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
     export SA_LAB_NODE_BIN
   fi

@@ -105,6 +105,15 @@ go_progress() {
   done
 }
 
+# Can the kubelet node run here? Root with CAP_NET_ADMIN and CAP_SYS_ADMIN
+# (the rule of sa_lab::kubelet::host::require_root).
+kubelet_node_possible() {
+  local cap
+  [[ "$(id -u)" -eq 0 ]] || return 1
+  cap="$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)"
+  (((16#${cap} >> 12) & 1 && (16#${cap} >> 21) & 1))
+}
+
 # oci_archive ROOTFS REF OUT USER ENTRYPOINT...: packs directory ROOTFS as a
 # one-layer image (FROM scratch) with umoci and writes it as an OCI archive
 # (a tar of the OCI image layout) to OUT. REF is the full name, e.g.

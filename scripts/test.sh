@@ -18,6 +18,9 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 
 log() { printf '\n=== %s\n' "$*" >&2; }
 
@@ -30,13 +33,13 @@ main() {
     local k8s_bin
     k8s_bin="$(scripts/install-k8s.sh)"
     export SA_LAB_K8S_BIN="${k8s_bin}"
-    if [[ "$(id -u)" -eq 0 ]]; then
+    if kubelet_node_possible; then
       log "The kubelet node's binaries (containerd, CNI, kubelet, kube-proxy, pause; cached per version)"
       SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
       export SA_LAB_NODE_BIN
     else
       # The one opt-out: without root the kubelet node cannot run at all.
-      printf '\n ! %s\n' "not root: the kubelet node's tests are skipped (they need root; CI runs them)" >&2
+      warn "not root (with CAP_SYS_ADMIN, CAP_NET_ADMIN): the kubelet node's tests are skipped (CI runs them)"
       export SA_LAB_SKIP_KUBELET=1
     fi
   fi

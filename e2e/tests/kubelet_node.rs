@@ -274,3 +274,31 @@ impl Drop for Outside {
             .status();
     }
 }
+
+/// Without root, `up --node kubelet` is refused before anything is built
+/// or made, saying why and what to use instead.
+#[test]
+fn without_root_the_kubelet_node_is_refused_clearly() {
+    if !common::kubelet_node_possible() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let home = tempfile::tempdir().unwrap();
+    let state = home.path().join("state");
+    let out = common::sa_lab_cmd()
+        .args(["up", "--node", "kubelet", "--name", "not-root"])
+        .uid(65534)
+        .gid(65534)
+        .env("HOME", home.path())
+        .env("SA_LAB_HOME", &state)
+        .output()
+        .expect("sa-lab up as nobody");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the kubelet node needs root (running as uid 65534)"),
+        "{err}"
+    );
+    assert!(err.contains("use the sandbox node (`sa-lab up`)"), "{err}");
+    assert!(!state.exists(), "nothing made");
+}

@@ -360,11 +360,15 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
             return Err(Error::PortInUse { port });
         }
     }
-    let bin_dir = binaries::ensure()?;
     let node = match opts.node {
         Some(n) => n,
         None => NodeKind::from_env()?.unwrap_or_default(),
     };
+    if node == NodeKind::Kubelet {
+        // Say so before building anything.
+        kubelet::host::require_root()?;
+    }
+    let bin_dir = binaries::ensure()?;
     let prepared = match node {
         NodeKind::Sandbox => None,
         NodeKind::Kubelet => {

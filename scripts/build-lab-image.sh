@@ -100,7 +100,7 @@ build_local() {
     "build them with: cargo build --bins (or pass --bin-dir DIR)"
   # The archive is named by what goes in: the binaries and this script.
   key="$(cat "${bins[@]}" "${BASH_SOURCE[0]}" "${REPO_ROOT}/scripts/lib.sh" | sha256sum | cut -c1-16)"
-  cache="${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}/images"
+  cache="$(cache_root)/images"
   out="${cache}/${IMAGE_NAME}-${version}-${key}.tar"
   if [[ -f "${out}" ]]; then
     ok "${tag}: cached (${out##*/})"

@@ -15,23 +15,17 @@ readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
 
-k8s_version() {
-  sed -n 's|^\s*k8s.io/kubernetes \(v[0-9.]*\).*$|\1|p' "${REPO_ROOT}/tools/k8sbin/go.mod" | head -n1
-}
+k8s_version() { module_version k8sbin k8s.io/kubernetes; }
 
-etcd_version() {
-  sed -n 's|^\s*go.etcd.io/etcd/server/v3 \(v[0-9.]*\).*$|\1|p' "${REPO_ROOT}/tools/etcdbin/go.mod" | head -n1
-}
+etcd_version() { module_version etcdbin go.etcd.io/etcd/server/v3; }
 
 bin_dir() {
-  local cache="${XDG_CACHE_HOME:-${HOME}/.cache}"
-  echo "${SA_LAB_CACHE:-${cache}/sa-lab}/k8s/$(k8s_version)-etcd$(etcd_version)/bin"
+  echo "$(cache_root)/k8s/$(k8s_version)-etcd$(etcd_version)/bin"
 }
 
 build_k8s() {
-  local out="$1" version minor missing=()
+  local out="$1" version missing=()
   version="$(k8s_version)"
-  minor="$(echo "${version}" | cut -d. -f2)"
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [[ -x "${out}/${b}" ]] || missing+=("${b}")
   done
@@ -42,12 +36,8 @@ build_k8s() {
   log "building ${missing[*]} ${version} from Go modules (cold: about 12 min on 2 cores)"
   local pkgs=()
   for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${b}"); done
-  local ldflags="-s -w"
-  ldflags+=" -X k8s.io/component-base/version.gitVersion=${version}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-  ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${version}"
+  local ldflags
+  ldflags="$(k8s_ldflags "${version}")"
   # Build into a temp dir and move into place, so an interrupted build never
   # leaves a half-written binary in the cache.
   local tmp

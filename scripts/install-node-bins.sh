@@ -24,11 +24,6 @@ readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
 
-# The version of module $2 required by tools/$1/go.mod.
-module_version() {
-  sed -n "s|^\s*$2 \(v[0-9.]*\).*\$|\1|p" "${REPO_ROOT}/tools/$1/go.mod" | head -n1
-}
-
 k8s_version() { module_version k8sbin k8s.io/kubernetes; }
 containerd_version() { module_version containerdbin github.com/containerd/containerd/v2; }
 cni_version() { module_version cnibin github.com/containernetworking/plugins; }
@@ -37,8 +32,7 @@ crictl_version() { module_version critools sigs.k8s.io/cri-tools; }
 # The cache directory for these versions (the same rule as
 # sa_lab::kubelet::bins::cache_dir()).
 cache_dir() {
-  local cache="${XDG_CACHE_HOME:-${HOME}/.cache}"
-  printf '%s/node/%s-containerd%s-cni%s-crictl%s\n' "${SA_LAB_CACHE:-${cache}/sa-lab}" \
+  printf '%s/node/%s-containerd%s-cni%s-crictl%s\n' "$(cache_root)" \
     "$(k8s_version)" "$(containerd_version)" "$(cni_version)" "$(crictl_version)"
 }
 
@@ -67,7 +61,7 @@ go_build() {
 }
 
 build_kubernetes() {
-  local bin="$1" kubeadm="$2" version minor want=(kubelet kube-proxy) todo=()
+  local bin="$1" kubeadm="$2" version want=(kubelet kube-proxy) todo=()
   [[ "${kubeadm}" -eq 0 ]] || want+=(kubeadm)
   mapfile -t todo < <(missing "${bin}" "${want[@]}")
   version="$(k8s_version)"
@@ -77,13 +71,8 @@ build_kubernetes() {
   fi
   wait_for_control_plane_build
   log "building ${todo[*]} ${version} (about a minute with the control plane's Go build cache warm)"
-  minor="$(echo "${version}" | cut -d. -f2)"
-  local ldflags="-s -w"
-  ldflags+=" -X k8s.io/component-base/version.gitVersion=${version}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-  ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${version}"
+  local ldflags
+  ldflags="$(k8s_ldflags "${version}")"
   local pkgs=() b
   for b in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${b}"); done
   go_build k8sbin "${bin}" "" "${ldflags}" "${pkgs[@]}"

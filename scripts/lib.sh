@@ -32,6 +32,32 @@ state_dir() {
   fi
 }
 
+# $SA_LAB_CACHE, else $XDG_CACHE_HOME/sa-lab, else ~/.cache/sa-lab (the same
+# rule as sa_lab::paths::cache()).
+cache_root() {
+  printf '%s\n' "${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}"
+}
+
+# module_version TOOL MODULE: the version of MODULE that tools/TOOL/go.mod
+# requires (the builder modules pin every Go binary sa-lab builds).
+module_version() {
+  sed -n "s|^\s*$2 \(v[0-9.]*\).*\$|\1|p" "${REPO_ROOT}/tools/$1/go.mod" | head -n1
+}
+
+# k8s_ldflags VERSION: the linker flags every Kubernetes command is built
+# with (stripped, its version stamped as a release's). One definition: the
+# control plane's and the node's builds share the Go build cache only if
+# they agree.
+k8s_ldflags() {
+  local version="$1" minor
+  minor="$(echo "${version}" | cut -d. -f2)"
+  printf '%s' "-s -w -X k8s.io/component-base/version.gitVersion=${version}" \
+    " -X k8s.io/component-base/version.gitMajor=1" \
+    " -X k8s.io/component-base/version.gitMinor=${minor}" \
+    " -X k8s.io/component-base/version.gitTreeState=clean" \
+    " -X k8s.io/client-go/pkg/version.gitVersion=${version}"
+}
+
 cluster_dir() { printf '%s/clusters/%s\n' "$(state_dir)" "$1"; }
 logs_dir() { printf '%s/logs/kind-%s\n' "$(state_dir)" "$1"; }
 

@@ -21,6 +21,7 @@ catalog! {
     "../../labs/03-rolebinding/chapter.rs" => rolebinding,
     "../../labs/04-default-sa/chapter.rs" => default_sa,
     "../../labs/05-automount/chapter.rs" => automount,
+    "../../labs/06-token-request/chapter.rs" => token_request,
 }
 
 /// Every chapter, in order.

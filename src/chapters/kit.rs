@@ -314,6 +314,7 @@ fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, boo
         "RoleBinding" => ("rolebindings", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Node" => ("nodes", false),
         "Deployment" => ("deployments", true),
         "Job" => ("jobs", true),
         other => {
@@ -457,6 +458,8 @@ impl RunContext {
                 "clusterroles",
                 false,
             ),
+            // Objects a chapter binds tokens to (no kubelet behind them).
+            ("", "v1", "Node", "nodes", false),
         ];
         for (group, version, kind, plural, namespaced) in kinds {
             let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -760,6 +763,31 @@ impl RunContext {
             action: "building a client with a token".into(),
             source,
         })
+    }
+
+    /// A row for one use of `token` (and no other credential) by
+    /// `subject`: a SelfSubjectReview, the cheapest call every identity may
+    /// make. Allowed means authenticated; 401 means the API server no
+    /// longer accepts the token. `context` says what state the token's
+    /// world is in (its Pod exists, its Secret is gone...).
+    pub async fn use_token(
+        &self,
+        id: &str,
+        subject: &str,
+        token: &str,
+        context: &str,
+    ) -> Result<Row, Error> {
+        let client = self.client_with_token(token)?;
+        let res = lab_kit::identity::whoami(&client).await;
+        let mut r = api_row(id, subject, &res);
+        r.verb = "create".into();
+        r.group = "authentication.k8s.io".into();
+        r.resource = "selfsubjectreviews".into();
+        r.message = match res {
+            Ok(i) => format!("{context}: authenticated as {}", i.username),
+            Err(_) => format!("{context}: {}", r.message),
+        };
+        Ok(r)
     }
 
     /// Delete Pod `ns/name` (if present) and wait until it is gone.

@@ -22,6 +22,7 @@ catalog! {
     "../../labs/04-default-sa/chapter.rs" => default_sa,
     "../../labs/05-automount/chapter.rs" => automount,
     "../../labs/06-token-request/chapter.rs" => token_request,
+    "../../labs/07-legacy-tokens/chapter.rs" => legacy_tokens,
 }
 
 /// Every chapter, in order.

@@ -22,6 +22,7 @@ fn unknown_chapter_lists_the_real_ones() {
         "05-automount",
         "06-token-request",
         "07-legacy-tokens",
+        "08-audit",
     ] {
         assert!(err.contains(slug), "the error must list {slug}: {err}");
     }
@@ -117,7 +118,7 @@ fn tour_runs_every_chapter_and_tears_down() {
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("JSON");
     assert_eq!(v["passed"], true);
     let chapters = v["chapters"].as_array().unwrap();
-    assert_eq!(chapters.len(), 7);
+    assert_eq!(chapters.len(), 8);
     for ch in chapters {
         assert_eq!(ch["passed"], true, "{}", ch["chapter"]);
         assert_eq!(ch["mismatches"], 0);

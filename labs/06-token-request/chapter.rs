@@ -23,19 +23,9 @@ use kube::api::{Api, PostParams};
 use crate::chapters::kit::{
     self, COURSE_LABEL, Error, LabRun, PRODUCTION, RunContext, delete_and_wait, probe_row, row, word,
 };
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 6.
-pub const CHAPTER: Chapter = Chapter {
-    number: 6,
-    slug: "06-token-request",
-    title: "Tokens on demand",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "06-token-request";
+kit::chapter! { 6, "06-token-request", "Tokens on demand";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNTS = "01-serviceaccounts.yaml",
     POD_APP = "02-pod-app.yaml",

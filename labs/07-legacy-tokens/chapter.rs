@@ -13,22 +13,11 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenRequestSpec, TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 
 use crate::chapters::kit::{self, Error, PRODUCTION, RunContext, delete_and_wait, probe_row, row};
-use crate::chapters::{Chapter, Row};
+use crate::chapters::Row;
 
-/// Chapter 7.
-pub const CHAPTER: Chapter = Chapter {
-    number: 7,
-    slug: "07-legacy-tokens",
-    title: "Legacy Secret tokens",
-    manifests: manifests::ALL,
-    expected: include_str!("expected.yaml"),
-    scenario: |cx| Box::pin(run(cx)),
-};
-
-kit::manifests! { "07-legacy-tokens";
+kit::chapter! { 7, "07-legacy-tokens", "Legacy Secret tokens";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     LEGACY_TOKEN = "02-legacy-token.yaml",
@@ -174,32 +163,18 @@ async fn filled(cx: &RunContext, api: &Api<Secret>, name: &str) -> Result<Secret
         s.and_then(|s| s.data.as_ref())
             .is_some_and(|d| d.get("token").is_some_and(|t| !t.0.is_empty()))
     };
-    let wait = await_condition(api.clone(), name, has_token);
-    match tokio::time::timeout(cx.timeout, wait).await {
-        Ok(Ok(Some(s))) => Ok(s),
-        Ok(Ok(None)) => Err(Error::Unexpected(format!("Secret {name} disappeared"))),
-        Ok(Err(source)) => Err(Error::Watch { what: format!("Secret {name}"), source }),
-        Err(_) => Err(Error::Timeout {
-            what: format!("Secret {PRODUCTION}/{name} was not filled"),
-            seconds: cx.timeout.as_secs(),
-            hint: " (is the serviceaccount-token controller running?)".into(),
-        }),
-    }
+    let what = format!("Secret {PRODUCTION}/{name} was not filled (is the serviceaccount-token controller running?)");
+    kit::await_object(api, name, has_token, cx.timeout, &what)
+        .await?
+        .ok_or_else(|| Error::Unexpected(format!("Secret {name} disappeared")))
 }
 
 /// Wait (a watch) until Secret `name` has label `key`; its value.
 async fn label_set(cx: &RunContext, api: &Api<Secret>, name: &str, key: &str) -> Result<String, Error> {
     let value = |s: Option<&Secret>| s.and_then(|s| s.metadata.labels.as_ref()?.get(key).cloned());
-    let wait = await_condition(api.clone(), name, move |s: Option<&Secret>| value(s).is_some());
-    match tokio::time::timeout(cx.timeout, wait).await {
-        Ok(Ok(s)) => Ok(value(s.as_ref()).unwrap_or_default()),
-        Ok(Err(source)) => Err(Error::Watch { what: format!("Secret {name}"), source }),
-        Err(_) => Err(Error::Timeout {
-            what: format!("Secret {PRODUCTION}/{name} got no label {key}"),
-            seconds: cx.timeout.as_secs(),
-            hint: String::new(),
-        }),
-    }
+    let what = format!("Secret {PRODUCTION}/{name} got no label {key}");
+    let found = kit::await_object(api, name, move |s: Option<&Secret>| value(s).is_some(), cx.timeout, &what).await?;
+    Ok(value(found.as_ref()).unwrap_or_default())
 }
 
 /// Ask TokenReview (as the admin) about `token` until its refusal says

@@ -315,6 +315,8 @@ fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, boo
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
         "Node" => ("nodes", false),
+        "ValidatingAdmissionPolicy" => ("validatingadmissionpolicies", false),
+        "ValidatingAdmissionPolicyBinding" => ("validatingadmissionpolicybindings", false),
         "Deployment" => ("deployments", true),
         "Job" => ("jobs", true),
         other => {
@@ -460,6 +462,22 @@ impl RunContext {
             ),
             // Objects a chapter binds tokens to (no kubelet behind them).
             ("", "v1", "Node", "nodes", false),
+            // Chapter 8's admission policy: it would refuse chapter 4's
+            // binding to `default`.
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
+                false,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicy",
+                "validatingadmissionpolicies",
+                false,
+            ),
         ];
         for (group, version, kind, plural, namespaced) in kinds {
             let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -568,7 +586,9 @@ impl RunContext {
         futures::future::try_join_all(waits).await
     }
 
-    async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
+    /// Wait until lab Pod `pod` (by namespace and name) has terminated, and
+    /// read its report.
+    pub async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let what = format!("{ns}/{name}");

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let name = format!("bench-audit-{}", std::process::id());
     let info = local::up(&UpOptions {
         name: name.clone(),
-        api_port: None,
+        ..UpOptions::default()
     })
     .await?;
     let result = async {

@@ -66,7 +66,10 @@ async fn main() -> anyhow::Result<()> {
 // ANCHOR: mint
 /// Ask for a 10-minute token for `sa`: `kubectl create token <sa>
 /// --duration=10m`, which is `create` on `serviceaccounts/token`.
-async fn request_token(client: &Client, sa: &str) -> Result<TokenRequest, kube::Error> {
+async fn request_token(
+    client: &Client,
+    sa: &str,
+) -> Result<TokenRequest, kube::Error> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
     let req = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -105,7 +108,8 @@ async fn mint(client: &Client, report: &mut Report) -> anyhow::Result<()> {
                 .and_then(|s| s.token.as_deref())
                 .unwrap_or_default();
             let c = lab_kit::jwt::decode_payload(token).unwrap_or_default();
-            let secs = c["exp"].as_i64().unwrap_or(0) - c["iat"].as_i64().unwrap_or(0);
+            let secs =
+                c["exp"].as_i64().unwrap_or(0) - c["iat"].as_i64().unwrap_or(0);
             format!("a token for {sa}, valid for {secs} s")
         });
         let (outcome, status, message) = classify(&res);
@@ -130,16 +134,19 @@ async fn review(client: &Client, report: &mut Report) -> anyhow::Result<()> {
     // binding system:service-account-issuer-discovery), not to anonymous.
     let url = format!("{server}/.well-known/openid-configuration");
     let doc = lab_kit::https::get(&url, &ca, Some(&own)).await?;
-    let discovery: serde_json::Value = serde_json::from_slice(&doc.body).unwrap_or_default();
+    let discovery: serde_json::Value =
+        serde_json::from_slice(&doc.body).unwrap_or_default();
     let issuer = discovery["issuer"].as_str().unwrap_or_default().to_string();
     let jwks_url = format!("{server}/openid/v1/jwks");
     let keys = lab_kit::https::get(&jwks_url, &ca, Some(&own)).await?;
-    let jwks: JwkSet = serde_json::from_slice(&keys.body).unwrap_or(JwkSet { keys: vec![] });
+    let jwks: JwkSet =
+        serde_json::from_slice(&keys.body).unwrap_or(JwkSet { keys: vec![] });
     let anonymous = lab_kit::https::get(&jwks_url, &ca, None).await?;
     // ANCHOR_END: discovery
 
     let jwks_uri = discovery["jwks_uri"].as_str().unwrap_or_default();
-    let about_doc = format!("issuer {issuer}, jwks_uri …{}", tail(jwks_uri, "/openid"));
+    let about_doc =
+        format!("issuer {issuer}, jwks_uri …{}", tail(jwks_uri, "/openid"));
     report
         .rows
         .push(http_row("discovery", doc.status, &about_doc, &doc));
@@ -161,7 +168,8 @@ async fn review(client: &Client, report: &mut Report) -> anyhow::Result<()> {
     ));
     report.fact("issuer", &issuer);
 
-    let dir = std::env::var("REVIEW_DIR").unwrap_or_else(|_| "/var/run/sa-lab/review".into());
+    let dir = std::env::var("REVIEW_DIR")
+        .unwrap_or_else(|_| "/var/run/sa-lab/review".into());
     for name in lab_kit::list_dir(&dir) {
         let token = std::fs::read_to_string(format!("{dir}/{name}"))?;
         let token = token.trim();
@@ -170,14 +178,16 @@ async fn review(client: &Client, report: &mut Report) -> anyhow::Result<()> {
             ("review-no-aud", vec![]),
         ] {
             let (row, seen) =
-                token_review(client, &format!("{name}.{suffix}"), token, audiences).await;
+                token_review(client, &format!("{name}.{suffix}"), token, audiences)
+                    .await;
             report.rows.push(row);
             report.fact(&format!("{name}.{suffix}"), seen);
         }
-        let offline = |t: &str, aud: &str| match verify_offline(t, &jwks, &issuer, aud) {
-            Ok(_) => "ok".to_string(),
-            Err(e) => format!("{:?}", e.kind()),
-        };
+        let offline =
+            |t: &str, aud: &str| match verify_offline(t, &jwks, &issuer, aud) {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{:?}", e.kind()),
+            };
         report.fact(&format!("{name}.offline"), offline(token, VAULT));
         report.fact(&format!("{name}.offline-api-aud"), offline(token, &issuer));
         let corrupted = lab_kit::jwt::corrupt(token);
@@ -212,7 +222,8 @@ async fn token_review(
     };
     let res = api.create(&PostParams::default(), &review).await;
     // ANCHOR_END: review
-    let probe = Probe::new(id, "create", "tokenreviews").group("authentication.k8s.io", "v1");
+    let probe = Probe::new(id, "create", "tokenreviews")
+        .group("authentication.k8s.io", "v1");
     let (outcome, status, message) = classify(&res);
     let seen = match res {
         Ok(r) => {
@@ -278,7 +289,8 @@ fn http_row(
     } else {
         res.message()
     };
-    let mut row = ProbeRow::simple(id, Outcome::from_status(status), Some(status), &message);
+    let mut row =
+        ProbeRow::simple(id, Outcome::from_status(status), Some(status), &message);
     row.verb = "get".into();
     row
 }
@@ -311,9 +323,12 @@ mod tests {
         header.kid = Some("k1".into());
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         let claims = json!({"iss": "https://issuer", "aud": ["vault"], "sub": "s", "exp": exp});
-        let token =
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret).unwrap())
-                .unwrap();
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap();
         assert!(verify_offline(&token, &jwks, "https://issuer", "vault").is_ok());
         let kind = |r: jsonwebtoken::errors::Result<serde_json::Value>| {
             format!("{:?}", r.unwrap_err().kind())

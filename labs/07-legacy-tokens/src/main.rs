@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
             let who = res.map(|i| i.username).unwrap_or(message);
             ProbeRow::simple("incluster", outcome, status, &who)
         }
-        Err(e) => ProbeRow::simple("incluster", Outcome::Error, None, &e.to_string()),
+        Err(e) => {
+            ProbeRow::simple("incluster", Outcome::Error, None, &e.to_string())
+        }
     };
     report.rows.push(row);
     // ANCHOR_END: client

@@ -195,13 +195,17 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 Ok(Err(e)) => match e.kind() {
                     std::io::ErrorKind::ConnectionRefused => "refused".into(),
                     std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable => "unreachable".into(),
+                    | std::io::ErrorKind::NetworkUnreachable => {
+                        "unreachable".into()
+                    }
                     _ => format!("error: {e}"),
                 },
                 Err(_) => "timeout".into(),
             };
             println!("connect {addr}: {outcome}");
-            write_message(&json!({ "address": addr.to_string(), "connect": outcome }));
+            write_message(
+                &json!({ "address": addr.to_string(), "connect": outcome }),
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),

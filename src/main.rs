@@ -197,7 +197,9 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         // The supervisor builds its own single-threaded runtime.
-        Cmd::Supervise { name } => local::supervise(&name).map(|()| true),
+        Cmd::Supervise { name } => local::supervise(&name)
+            .map(|()| true)
+            .map_err(anyhow::Error::from),
         // Must stay single-threaded: it unshares its mount namespace.
         Cmd::PodExec { spec } => sa_lab::node::pod_exec_main(&spec).map(|never| match never {}),
         command => tokio::runtime::Builder::new_multi_thread()

@@ -3,8 +3,9 @@
 //!
 //! `up` prepares the cluster directory (PKI, kubeconfigs, ports) and starts a
 //! detached supervisor process (`sa-lab supervise`) that owns every component:
-//! it starts them in order, waits until the cluster is ready, restarts the
-//! sandbox node if it dies, and stops everything on SIGTERM. Components are
+//! it starts them in order, waits until the cluster is ready, restarts any
+//! component that exits (with a back-off, in dependency order, giving up on
+//! one that keeps crashing), and stops everything on SIGTERM. Components are
 //! started with a parent-death signal, so they cannot outlive the supervisor.
 //! `down` signals the supervisor, waits for it, checks the ports are free and
 //! removes the cluster's state.
@@ -15,6 +16,7 @@
 
 mod components;
 mod health;
+mod restart;
 mod supervisor;
 
 use std::fs;
@@ -28,9 +30,10 @@ use crate::kubelet::{self, NodeKind};
 use crate::{binaries, kubeconfig, paths, pki, ui};
 
 pub use components::Component;
-pub use health::{ComponentHealth, HealthReport, health};
+pub use health::{ComponentHealth, HEAL_TIMEOUT, HealthReport, await_whole, health, restarts};
+pub use restart::Policy as RestartPolicy;
 pub(crate) use supervisor::etcd_healthy as supervisor_etcd_health;
-pub use supervisor::supervise;
+pub use supervisor::{Error as SupervisorError, supervise};
 
 /// Default cluster name.
 pub const DEFAULT_NAME: &str = "sa-lab";
@@ -98,9 +101,62 @@ pub enum Error {
         "interrupted while starting cluster {0:?}; everything it had started was stopped and removed"
     )]
     Interrupted(String),
+    /// The supervisor gave up on a component that kept crashing.
+    #[error("{0}")]
+    GaveUp(Box<GaveUp>),
+    /// A restarted component did not come back in time.
+    #[error(
+        "cluster {name:?} was not whole again within {secs}s (waiting for: {waiting}); \
+         see `sa-lab status --name {name}`"
+    )]
+    NotHealed {
+        name: String,
+        secs: u64,
+        waiting: String,
+    },
+    /// The cluster's supervisor is not running.
+    #[error(
+        "cluster {0:?} is not running (its supervisor stopped); start it with `sa-lab up --name {0}`"
+    )]
+    Stopped(String),
     /// State on disk could not be parsed.
     #[error("cluster state {0} is unreadable; remove it with `sa-lab down --name NAME`")]
     BadState(PathBuf, #[source] serde_json::Error),
+}
+
+/// A component its supervisor stopped restarting ([`Error::GaveUp`]).
+#[derive(Debug)]
+pub struct GaveUp {
+    /// The cluster.
+    pub name: String,
+    pub component: String,
+    pub restarts: u32,
+    /// How its last run ended.
+    pub last_exit: String,
+    pub log: PathBuf,
+    /// The end of its log.
+    pub tail: String,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let GaveUp {
+            name,
+            component,
+            restarts,
+            last_exit,
+            log,
+            tail,
+        } = self;
+        write!(
+            f,
+            "{component} of cluster {name:?} keeps crashing: its supervisor gave up on it \
+             after {restarts} restarts (last exit: {last_exit}); start afresh with \
+             `sa-lab down --name {name} && sa-lab up --name {name}`\n\
+             --- last lines of {} ---\n{tail}",
+            log.display()
+        )
+    }
 }
 
 /// Options for [`up`].
@@ -198,13 +254,20 @@ pub struct Status {
     pub components: Vec<ComponentStatus>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ComponentStatus {
     pub name: String,
     pub pid: Option<u32>,
     pub running: bool,
     pub restarts: u32,
     pub log: PathBuf,
+    /// How its last run ended ("signal: 9 (SIGKILL)", "exit status: 1"),
+    /// once one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// It kept crashing and the supervisor stopped restarting it.
+    #[serde(default)]
+    pub gave_up: bool,
 }
 
 /// `$SA_LAB_CLUSTER`, as exported by `sa-lab env`.

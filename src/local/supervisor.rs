@@ -1,29 +1,102 @@
 //! The supervisor: the one long-lived process of a local cluster. It owns
 //! every component (each dies with it), reports progress and health in
-//! `status.json`, restarts the sandbox node if it dies, and stops everything
-//! in reverse order on SIGTERM.
+//! `status.json`, and stops everything in reverse order on SIGTERM.
+//!
+//! Once the cluster is ready it heals it, as a kubelet restarts a crashed
+//! static Pod: a component that exits is started again after a capped
+//! exponential back-off (see [`super::restart`]), once what it needs is up
+//! (etcd before the API server, the API server before everything that talks
+//! to it). Each restart and the last exit are recorded in `status.json`, so
+//! `sa-lab status` shows them; a component that keeps crashing is given up
+//! on, and reported with the tail of its log.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::components::Component;
+use super::restart::{self, Decision, History, Policy};
 use super::{ClusterInfo, ComponentStatus, Status, write_status};
 
 const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many lines of a given-up component's log its report shows.
+pub(crate) const TAIL_LINES: usize = 20;
+/// How often a restart that waits for what it needs looks again.
+const DEPENDENCY_POLL: Duration = Duration::from_millis(250);
+/// How long one readiness probe of a dependency may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why the supervisor stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster's facts could not be read.
+    #[error(transparent)]
+    Cluster(#[from] Box<super::Error>),
+    /// The kubelet node's host lock could not be taken.
+    #[error(transparent)]
+    Kubelet(#[from] crate::kubelet::Error),
+    /// The runtime or a signal handler could not be set up.
+    #[error("setting up the supervisor ({what})")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A component's log could not be opened, or its program not started.
+    #[error("starting {component} ({what})")]
+    Spawn {
+        component: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox node's options could not be written.
+    #[error("writing the sandbox node's options")]
+    NodeOptions(#[source] crate::pki::Error),
+    /// The admin kubeconfig gave no client.
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::kubeconfig::LoadError),
+    /// A component exited, or never became ready, while the cluster started.
+    #[error("{component}: {reason}")]
+    Start { component: String, reason: String },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Setup { what, source }
+}
+
+/// One component and its process (the last one, if it exited).
 struct Running {
     component: Component,
     child: Child,
+    /// When `child` was started.
+    started: Instant,
     restarts: u32,
+    /// How the last run ended, once one has.
+    last_exit: Option<String>,
+    history: History,
+    /// Exited and to be started again at this moment (or later, once what
+    /// it needs is up).
+    due: Option<Instant>,
+    /// What it waits for, as last said in the supervisor's log.
+    waiting_for: Option<Component>,
+    /// It kept crashing: no more restarts.
+    gave_up: bool,
+}
+
+impl Running {
+    /// Its process runs (as far as the last reap knows).
+    fn up(&mut self) -> bool {
+        self.due.is_none() && !self.gave_up && matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 struct Supervisor {
@@ -31,6 +104,9 @@ struct Supervisor {
     status: Status,
     running: Vec<Running>,
     started: Instant,
+    policy: Policy,
+    /// The admin client, once the API server was first ready.
+    client: Option<kube::Client>,
 }
 
 /// Outcome of waiting for a condition while watching the children.
@@ -42,8 +118,8 @@ enum Wait {
 /// Runs the supervisor for cluster `name` until SIGTERM/SIGINT (or a failed
 /// start). Blocks; builds its own single-threaded runtime so every child is
 /// spawned from the main thread (the parent-death signal follows the thread).
-pub fn supervise(name: &str) -> anyhow::Result<()> {
-    let info = super::load(name)?;
+pub fn supervise(name: &str) -> Result<(), Error> {
+    let info = super::load(name).map_err(Box::new)?;
     // The kubelet node's host lock, handed over by `up`: held until every
     // host change is undone (it is released when this process exits).
     let _lock = match &info.kubelet {
@@ -53,7 +129,7 @@ pub fn supervise(name: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("building the supervisor runtime")?;
+        .map_err(setup("building its runtime"))?;
     rt.block_on(async move {
         let mut sup = Supervisor {
             status: Status {
@@ -63,20 +139,22 @@ pub fn supervise(name: &str) -> anyhow::Result<()> {
             info,
             running: Vec::new(),
             started: Instant::now(),
+            policy: Policy::DEFAULT,
+            client: None,
         };
         let result = sup.run().await;
         sup.stop_all();
         if let Err(e) = &result {
-            eprintln!("supervisor: {e:#}");
+            eprintln!("supervisor: {}", crate::ui::error_chain(e));
         }
         result
     })
 }
 
 impl Supervisor {
-    async fn run(&mut self) -> anyhow::Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    async fn run(&mut self) -> Result<(), Error> {
+        let mut term = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(setup("SIGINT handler"))?;
         if let Some(k) = self.info.kubelet.clone() {
             // Before the API server: it binds the node's address.
             self.phase("node-host");
@@ -110,6 +188,7 @@ impl Supervisor {
         {
             return Ok(());
         }
+        self.client = Some(client.clone());
 
         if let Some(k) = self.info.kubelet.clone() {
             if let Wait::Stop = self
@@ -140,7 +219,7 @@ impl Supervisor {
             "supervisor: cluster ready after {:.2}s",
             self.started.elapsed().as_secs_f64()
         );
-        self.monitor(&mut term, &mut int).await
+        self.heal(&mut term, &mut int).await
     }
 
     /// The kubelet node: containerd (and the images), then the
@@ -150,9 +229,9 @@ impl Supervisor {
         &mut self,
         k: &crate::kubelet::KubeletNode,
         client: &kube::Client,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
-    ) -> anyhow::Result<Wait> {
+        term: &mut Signal,
+        int: &mut Signal,
+    ) -> Result<Wait, Error> {
         crate::kubelet::bind_kubelet_api_admin(client)
             .await
             .map_err(|e| {
@@ -185,7 +264,7 @@ impl Supervisor {
         .await
     }
 
-    fn write_node_options(&self) -> anyhow::Result<()> {
+    fn write_node_options(&self) -> Result<(), Error> {
         let i = &self.info;
         let pki = i.pki_dir();
         let opts = crate::node::NodeOptions {
@@ -201,13 +280,19 @@ impl Supervisor {
             lab_image: crate::LAB_IMAGE.into(),
         };
         let path = i.dir.join("node/options.json");
-        crate::pki::write_private(&path, serde_json::to_string_pretty(&opts)?.as_bytes())?;
-        Ok(())
+        let json = serde_json::to_string_pretty(&opts).expect("node options serialize");
+        crate::pki::write_private(&path, json.as_bytes()).map_err(Error::NodeOptions)
     }
 
     fn phase(&mut self, phase: &str) {
         self.status.phase = phase.to_string();
         self.refresh_status();
+    }
+
+    fn log_path(&self, component: Component) -> PathBuf {
+        self.info
+            .logs_dir()
+            .join(format!("{}.log", component.name()))
     }
 
     fn refresh_status(&mut self) {
@@ -218,40 +303,71 @@ impl Supervisor {
             .map(|r| ComponentStatus {
                 name: r.component.name().to_string(),
                 pid: Some(r.child.id()),
-                running: matches!(r.child.try_wait(), Ok(None)),
+                running: r.up(),
                 restarts: r.restarts,
                 log: logs.join(format!("{}.log", r.component.name())),
+                last_exit: r.last_exit.clone(),
+                gave_up: r.gave_up,
             })
             .collect();
+        if self.status.ready {
+            let down: Vec<&str> = self
+                .status
+                .components
+                .iter()
+                .filter(|c| !c.running)
+                .map(|c| c.name.as_str())
+                .collect();
+            self.status.phase = if self.status.components.iter().any(|c| c.gave_up) {
+                "degraded".into()
+            } else if down.is_empty() {
+                "ready".into()
+            } else {
+                format!("restarting {}", down.join(", "))
+            };
+        }
         write_status(&self.info.dir, &self.status);
     }
 
-    fn spawn(&mut self, component: Component) -> anyhow::Result<()> {
+    fn spawn(&mut self, component: Component) -> Result<(), Error> {
         let child = self.start_process(component)?;
         self.running.push(Running {
             component,
             child,
+            started: Instant::now(),
             restarts: 0,
+            last_exit: None,
+            history: History::default(),
+            due: None,
+            waiting_for: None,
+            gave_up: false,
         });
         self.refresh_status();
         Ok(())
     }
 
-    fn start_process(&self, component: Component) -> anyhow::Result<Child> {
+    fn start_process(&self, component: Component) -> Result<Child, Error> {
         let (program, args) = component.command(&self.info);
-        let log_path = self
-            .info
-            .logs_dir()
-            .join(format!("{}.log", component.name()));
+        let log_path = self.log_path(component);
+        let spawn = |what: String| {
+            move |source| Error::Spawn {
+                component: component.name(),
+                what,
+                source,
+            }
+        };
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
+            .map_err(spawn(format!("opening {}", log_path.display())))?;
+        let out = log
+            .try_clone()
+            .map_err(spawn(format!("sharing {}", log_path.display())))?;
         let mut cmd = Command::new(&program);
         cmd.args(&args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(out)
             .stderr(log)
             .env("SA_LAB_HOME", crate::paths::home());
         if component == Component::Node {
@@ -265,7 +381,7 @@ impl Supervisor {
         }
         crate::sys::die_with_parent(&mut cmd);
         cmd.spawn()
-            .with_context(|| format!("starting {}", program.display()))
+            .map_err(spawn(format!("running {}", program.display())))
     }
 
     /// Polls `ready` until it is true, failing if a started component exits
@@ -273,10 +389,10 @@ impl Supervisor {
     async fn wait<F>(
         &mut self,
         what: &str,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
+        term: &mut Signal,
+        int: &mut Signal,
         mut ready: F,
-    ) -> anyhow::Result<Wait>
+    ) -> Result<Wait, Error>
     where
         F: AsyncFnMut() -> bool,
     {
@@ -315,46 +431,181 @@ impl Supervisor {
             })
     }
 
-    fn fail(&mut self, component: &str, reason: &str) -> anyhow::Error {
+    fn fail(&mut self, component: &str, reason: &str) -> Error {
         self.status.error = Some(format!("{component}\t{reason}"));
         self.refresh_status();
-        anyhow::anyhow!("{component}: {reason}")
+        Error::Start {
+            component: component.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
-    /// After start-up: keep the status fresh, restart the node agent if it
-    /// dies (as systemd restarts a kubelet), stop on a signal.
-    async fn monitor(
-        &mut self,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
-    ) -> anyhow::Result<()> {
+    /// After start-up: wake on every child's exit (SIGCHLD) and when a
+    /// restart is due, restart what exited once what it needs is up, keep
+    /// the status fresh, stop on a signal.
+    async fn heal(&mut self, term: &mut Signal, int: &mut Signal) -> Result<(), Error> {
+        let mut chld = signal(SignalKind::child()).map_err(setup("SIGCHLD handler"))?;
         loop {
+            self.reap();
+            let blocked = self.restart_due().await;
+            self.refresh_status();
+            let now = Instant::now();
+            let next = self
+                .running
+                .iter()
+                .filter_map(|r| r.due)
+                .filter(|due| *due > now)
+                .min();
+            let wake = match (next, blocked) {
+                (_, true) => now + DEPENDENCY_POLL,
+                (Some(due), false) => due,
+                // Nothing to do until a child exits; look anyway now and
+                // then, to keep the status file honest.
+                (None, false) => now + Duration::from_secs(5),
+            };
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = chld.recv() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
-            let mut restart = None;
-            for (i, r) in self.running.iter_mut().enumerate() {
-                if let Ok(Some(st)) = r.child.try_wait() {
-                    if r.component == Component::Node {
-                        restart = Some(i);
-                    } else {
-                        eprintln!("supervisor: {} exited ({st})", r.component.name());
-                    }
+        }
+    }
+
+    /// Notes every component whose process has exited since last time.
+    fn reap(&mut self) {
+        for i in 0..self.running.len() {
+            let r = &mut self.running[i];
+            if r.due.is_some() || r.gave_up {
+                continue;
+            }
+            if let Ok(Some(st)) = r.child.try_wait() {
+                self.exited(i, st.to_string());
+            }
+        }
+    }
+
+    /// Records that component `i` ended (`how`), and decides on its restart.
+    fn exited(&mut self, i: usize, how: String) {
+        let now = Instant::now();
+        let log = self.log_path(self.running[i].component);
+        let policy = self.policy;
+        let r = &mut self.running[i];
+        let name = r.component.name();
+        r.last_exit = Some(how.clone());
+        match r.history.exited(&policy, r.started, now) {
+            Decision::RestartAfter(delay) => {
+                r.due = Some(now + delay);
+                eprintln!(
+                    "supervisor: {name} exited ({how}); restarting it in {:.2}s",
+                    delay.as_secs_f64()
+                );
+            }
+            Decision::GiveUp => {
+                r.gave_up = true;
+                eprintln!(
+                    "supervisor: giving up on {name}: it exited more than {} times within {}s \
+                     (last: {how}); `sa-lab down` and `up` start afresh\n\
+                     --- last lines of {} ---\n{}",
+                    policy.burst,
+                    policy.window.as_secs(),
+                    log.display(),
+                    super::tail(&log, TAIL_LINES)
+                );
+            }
+        }
+    }
+
+    /// Restarts every component that is due and whose needs are up;
+    /// returns whether one is due but waits for another.
+    async fn restart_due(&mut self) -> bool {
+        let now = Instant::now();
+        let mut blocked = false;
+        for i in 0..self.running.len() {
+            let r = &self.running[i];
+            if r.gave_up || r.due.is_none_or(|due| due > now) {
+                continue;
+            }
+            let component = r.component;
+            if let Some(need) = self.first_not_ready(restart::needs(component)).await {
+                let r = &mut self.running[i];
+                if r.waiting_for != Some(need) {
+                    eprintln!(
+                        "supervisor: {} waits for {} before restarting",
+                        component.name(),
+                        need.name()
+                    );
+                    r.waiting_for = Some(need);
                 }
+                blocked = true;
+                continue;
             }
-            if let Some(i) = restart {
-                eprintln!("supervisor: sandbox node exited; restarting it");
-                match self.start_process(Component::Node) {
-                    Ok(child) => {
-                        self.running[i].child = child;
-                        self.running[i].restarts += 1;
-                    }
-                    Err(e) => eprintln!("supervisor: restarting the node failed: {e:#}"),
-                }
+            self.restart(i);
+        }
+        blocked
+    }
+
+    /// The first of `needs` that is not up and ready, if any.
+    async fn first_not_ready(&mut self, needs: &[Component]) -> Option<Component> {
+        for &need in needs {
+            let up = self
+                .running
+                .iter_mut()
+                .find(|r| r.component == need)
+                // Not part of this cluster's kind of node.
+                .is_none_or(|r| r.up());
+            let ready = up
+                && match need {
+                    Component::Etcd => etcd_healthy(self.info.etcd_port),
+                    Component::ApiServer => match &self.client {
+                        Some(c) => tokio::time::timeout(PROBE_TIMEOUT, readyz(c))
+                            .await
+                            .unwrap_or(false),
+                        None => true,
+                    },
+                    _ => true,
+                };
+            if !ready {
+                return Some(need);
             }
-            self.refresh_status();
+        }
+        None
+    }
+
+    fn restart(&mut self, i: usize) {
+        let component = self.running[i].component;
+        let how = self.running[i].last_exit.clone().unwrap_or_default();
+        // A line in the component's own log, so its reader sees the seam.
+        let log = self.log_path(component);
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(&log) {
+            let _ = writeln!(
+                f,
+                "--- sa-lab supervisor: {} exited ({how}); restarting it ---",
+                component.name()
+            );
+        }
+        match self.start_process(component) {
+            Ok(child) => {
+                let r = &mut self.running[i];
+                r.child = child;
+                r.started = Instant::now();
+                r.restarts += 1;
+                r.due = None;
+                r.waiting_for = None;
+                eprintln!(
+                    "supervisor: restarted {} (pid {}, restart {})",
+                    component.name(),
+                    r.child.id(),
+                    r.restarts
+                );
+            }
+            Err(e) => {
+                // As good as a crash: the policy decides on another try.
+                let why = crate::ui::error_chain(&e);
+                self.running[i].due = None;
+                self.running[i].started = Instant::now();
+                self.exited(i, format!("could not be started: {why}"));
+            }
         }
     }
 

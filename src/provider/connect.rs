@@ -89,6 +89,8 @@ pub struct Connection {
     /// The API server's audit log, where sa-lab can read it (the local
     /// provider's); elsewhere rows name no reason.
     pub audit_log: Option<crate::audit::AuditLog>,
+    /// The local cluster, when it is one sa-lab supervises.
+    pub local: Option<local::ClusterInfo>,
 }
 
 /// Reaches the cluster chapters should run on. A local cluster that is not
@@ -97,7 +99,7 @@ pub struct Connection {
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> {
     let provider = select_from_env(opts.provider)?;
     let image = select_image_from_env(provider, opts.image.as_deref())?;
-    let (config, client, describe, audit_log) = match provider {
+    let (config, client, describe, audit_log, local) = match provider {
         Provider::Local => {
             let name = local_name(opts.name.as_deref());
             let info = if local::running_pid(&name).is_some() {
@@ -119,11 +121,13 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                 "check it with `sa-lab status --name {name}`, or restart it with \
                  `sa-lab down --name {name} && sa-lab up --name {name}`"
             );
+            // A component its supervisor is restarting: wait, bounded.
+            local::await_whole(&info, &client).await?;
             reachable(&client, &describe, &hint).await?;
             let audit = info
                 .audit_log
                 .then(|| crate::audit::AuditLog::of_cluster(&info.dir));
-            (config, client, describe, audit)
+            (config, client, describe, audit, Some(info))
         }
         Provider::Kind | Provider::Current => {
             let (source_path, context) = if provider == Provider::Kind {
@@ -160,7 +164,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                 "Note: on a {provider} cluster sa-lab cannot read the API server's audit log, \
                  so rows do not name the binding that allowed them."
             );
-            (config, client, describe, None)
+            (config, client, describe, None, None)
         }
     };
     Ok(Connection {
@@ -170,6 +174,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
         image,
         describe,
         audit_log,
+        local,
     })
 }
 

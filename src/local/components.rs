@@ -65,6 +65,16 @@ impl Component {
                 let mut a = s(&[
                     "--name=sa-lab",
                     "--log-level=warn",
+                    // No fsync, on purpose. etcd still writes (flushes) its
+                    // WAL to the kernel before it acknowledges a write
+                    // (wal.go `sync()` flushes, then skips only the
+                    // fdatasync), so every acknowledged write survives
+                    // etcd or the API server exiting or being killed
+                    // (e2e/tests/faults.rs proves it). Only a power loss or
+                    // kernel crash can lose the last seconds of writes,
+                    // and a local cluster does not outlive a reboot
+                    // anyway: its processes are gone and `up` starts
+                    // afresh. fsync would cost every write a disk flush.
                     "--unsafe-no-fsync=true",
                     "--quota-backend-bytes=536870912",
                 ]);

@@ -198,6 +198,17 @@ impl Supervisor {
                 return Ok(());
             }
         } else {
+            // The API server's client for the node (`kubectl logs`) gets
+            // the role kubeadm gives it; the node asks the API server
+            // whether a caller may (SubjectAccessReview), as a kubelet does.
+            crate::kubelet::bind_kubelet_api_admin(&client)
+                .await
+                .map_err(|e| {
+                    self.fail(
+                        "kube-apiserver",
+                        &format!("binding system:kubelet-api-admin: {e:#}"),
+                    )
+                })?;
             self.phase("controllers");
             self.spawn(Component::ControllerManager)?;
             self.spawn(Component::Scheduler)?;
@@ -277,6 +288,7 @@ impl Supervisor {
             kubelet_port: i.kubelet_port,
             serving_cert: pki.join("node-serving.crt"),
             serving_key: pki.join("node-serving.key"),
+            client_ca: pki.join("ca.crt"),
             lab_image: crate::LAB_IMAGE.into(),
         };
         let path = i.dir.join("node/options.json");

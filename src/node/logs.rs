@@ -1,9 +1,18 @@
 //! The node's HTTPS endpoint for `kubectl logs`: the API server dials
 //! `https://<InternalIP>:<kubeletEndpoint.port>/containerLogs/{ns}/{pod}/{container}`.
 //!
-//! Like a kubelet started with `--anonymous-auth=true --authorization-mode=AlwaysAllow`
-//! it does not check who asks; it listens on 127.0.0.1 only.
+//! Like a kubelet (`--anonymous-auth=false`, `--client-ca-file`, webhook
+//! authentication and authorization) it checks who asks, on every path: a
+//! client certificate the cluster CA signed names the caller (CN the user,
+//! O the groups), else a bearer token the API server vouches for
+//! (TokenReview), else the answer is 401. The API server then decides
+//! (SubjectAccessReview) whether that caller may `get` the node's `proxy`
+//! subresource (`healthz` too for `/healthz`), else 403, with the
+//! kubelet's words. The API server's kubelet client certificate is bound
+//! to `system:kubelet-api-admin`, as kubeadm binds it. It listens on
+//! 127.0.0.1 only.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +46,9 @@ pub enum Error {
     /// The certificate and key do not make a TLS configuration.
     #[error("the serving certificate and key do not make a TLS configuration")]
     Tls(#[source] rustls::Error),
+    /// The client CA file holds no usable certificate.
+    #[error("no usable CA certificate in {}", .0.display())]
+    ClientCa(PathBuf, #[source] rustls::server::VerifierBuilderError),
     /// The port could not be bound or a connection not accepted.
     #[error("listening on 127.0.0.1:{port}")]
     Listen {
@@ -46,35 +58,195 @@ pub enum Error {
     },
 }
 
-fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error> {
+fn tls_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<rustls::ServerConfig, Error> {
     let read = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Read { path, source }
     };
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).map_err(read(cert))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(read(cert))?;
+    let pem_certs = |path: &Path| {
+        rustls_pemfile::certs(&mut std::io::BufReader::new(
+            std::fs::File::open(path).map_err(read(path))?,
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(path))
+    };
+    let certs = pem_certs(cert)?;
     let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
         std::fs::File::open(key).map_err(read(key))?,
     ))
     .map_err(read(key))?
     .ok_or_else(|| Error::NoKey(key.to_path_buf()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(pem_certs(client_ca)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A certificate is asked for, and checked when given; a caller
+    // without one may still present a token (checked per request).
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::ClientCa(client_ca.to_path_buf(), e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(Error::Tls)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key_der)
         .map_err(Error::Tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
+/// Who is calling, as the API server's authenticators would say.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Caller {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The caller a client certificate names (verified by the TLS layer
+/// against the cluster CA): CN the user, each O a group.
+pub fn cert_caller(der: &[u8]) -> Option<Caller> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(Caller {
+        user,
+        groups,
+        ..Caller::default()
+    })
+}
+
+/// The node subresources a request to `path` needs one of, as the
+/// kubelet maps them (fine-grained: `/healthz` is `healthz` or `proxy`;
+/// everything else here is `proxy`).
+pub fn subresources(path: &str) -> &'static [&'static str] {
+    if path == "/healthz" || path.starts_with("/healthz/") {
+        &["healthz", "proxy"]
+    } else {
+        &["proxy"]
+    }
+}
+
+fn bearer(req: &Request<hyper::body::Incoming>) -> Option<String> {
+    let h = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = h.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_string())
+}
+
+/// The caller, by certificate or by a token the API server vouches for;
+/// else the 401 to send.
+async fn authenticate(
+    ctx: &Ctx,
+    peer: Option<Caller>,
+    req: &Request<hyper::body::Incoming>,
+) -> Result<Caller, Response<Body>> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    if let Some(c) = peer {
+        return Ok(c);
+    }
+    let unauthorized = || text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    let Some(token) = bearer(req) else {
+        return Err(unauthorized());
+    };
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<TokenReview> = kube::Api::all(ctx.client.clone());
+    let status = match api.create(&Default::default(), &review).await {
+        Ok(r) => r.status.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %super::error_text(&e), "TokenReview failed");
+            return Err(unauthorized());
+        }
+    };
+    match (status.authenticated, status.user) {
+        (Some(true), Some(u)) => Ok(Caller {
+            user: u.username.unwrap_or_default(),
+            groups: u.groups.unwrap_or_default(),
+            uid: u.uid,
+            extra: u.extra.unwrap_or_default(),
+        }),
+        _ => Err(unauthorized()),
+    }
+}
+
+/// Whether the API server lets `caller` `get` one of the node's
+/// `subresources`; else the 403 (or 500) to send.
+async fn authorize(
+    ctx: &Ctx,
+    caller: &Caller,
+    subresources: &[&str],
+) -> Result<(), Response<Body>> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let api: kube::Api<SubjectAccessReview> = kube::Api::all(ctx.client.clone());
+    for sub in subresources {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(caller.user.clone()),
+                groups: Some(caller.groups.clone()),
+                uid: caller.uid.clone(),
+                extra: (!caller.extra.is_empty()).then(|| caller.extra.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some("get".into()),
+                    version: Some("v1".into()),
+                    resource: Some("nodes".into()),
+                    subresource: Some(sub.to_string()),
+                    name: Some(ctx.opts.name.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&Default::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %super::error_text(&e), "SubjectAccessReview failed");
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Authorization error\n",
+                ));
+            }
+        }
+    }
+    Err(text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "Forbidden (user={}, verb=get, resource=nodes, subresource(s)={subresources:?})\n",
+            caller.user
+        ),
+    ))
+}
+
 /// Serves until the node stops.
 pub async fn serve(ctx: Arc<Ctx>) -> Result<(), Error> {
-    let cfg = tls_config(&ctx.opts.serving_cert, &ctx.opts.serving_key)?;
+    let o = &ctx.opts;
+    let cfg = tls_config(&o.serving_cert, &o.serving_key, &o.client_ca)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let port = ctx.opts.kubelet_port;
     let listen = |source| Error::Listen { port, source };
@@ -90,9 +262,15 @@ pub async fn serve(ctx: Arc<Ctx>) -> Result<(), Error> {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| cert_caller(c.as_ref()));
             let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                let (ctx, peer) = (ctx.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(handle(&ctx, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
@@ -154,11 +332,22 @@ pub fn tail(data: &[u8], n: usize) -> &[u8] {
     data
 }
 
-async fn handle(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn handle(
+    ctx: &Ctx,
+    peer: Option<Caller>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let caller = match authenticate(ctx, peer, &req).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) = authorize(ctx, &caller, subresources(&path)).await {
+        return refused;
+    }
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
     }
-    let path = req.uri().path().to_string();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }
@@ -314,6 +503,35 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(got, b"second\n");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_client_certificate_names_user_and_groups() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            cert_caller(cert.der()),
+            Some(Caller {
+                user: "kube-apiserver-kubelet-client".into(),
+                groups: vec!["system:masters".into()],
+                ..Caller::default()
+            })
+        );
+        assert_eq!(cert_caller(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn paths_map_to_the_kubelets_subresources() {
+        assert_eq!(subresources("/healthz"), ["healthz", "proxy"]);
+        assert_eq!(subresources("/containerLogs/ns/pod/c"), ["proxy"]);
+        assert_eq!(subresources("/anything-else"), ["proxy"]);
     }
 
     #[test]

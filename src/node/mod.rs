@@ -68,6 +68,9 @@ pub struct NodeOptions {
     /// PEM cert and key for that port.
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
+    /// The cluster CA (PEM): that port accepts client certificates it
+    /// signed, as a kubelet's `--client-ca-file`.
+    pub client_ca: PathBuf,
     /// The lab image (sa_lab::LAB_IMAGE).
     pub lab_image: String,
 }
@@ -377,11 +380,13 @@ mod tests {
         let o: NodeOptions = serde_json::from_value(serde_json::json!({
             "name": "sandbox-node", "kubeconfig": "/k", "work_dir": "/w", "labs_dir": "/l",
             "api_host": "127.0.0.1", "api_port": 6443, "kubelet_port": 10250,
-            "serving_cert": "/c", "serving_key": "/k2", "lab_image": "sa-lab-labs:0.1.0"
+            "serving_cert": "/c", "serving_key": "/k2", "client_ca": "/ca",
+            "lab_image": "sa-lab-labs:0.1.0"
         }))
         .unwrap();
         assert_eq!(o.name, "sandbox-node");
         assert_eq!(o.kubelet_port, 10250);
+        assert_eq!(o.client_ca, PathBuf::from("/ca"));
     }
 
     #[tokio::test]

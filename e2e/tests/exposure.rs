@@ -2,12 +2,16 @@
 //! authenticates and authorizes its caller as a kubelet does. Without
 //! credentials it answers 401; with a ServiceAccount token 403; with the
 //! API server's kubelet client certificate (what `kubectl logs` goes
-//! through) it serves.
+//! through) it serves. The state directory is private, and no token or
+//! private key shows in what sa-lab prints, logs or transcribes.
 
 mod common;
 mod pod_kit;
 
-use common::TestCluster;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{TestCluster, sa_lab};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
@@ -119,4 +123,133 @@ async fn every_node_endpoint_wants_a_kubelet_client() {
     // And `kubectl logs` (the API server, with its certificate) works.
     let out = c.kubectl_ok(&["logs", "-n", &ns, "talk"]);
     assert!(out.contains("wrote"), "kubectl logs: {out:?}");
+}
+
+/// Every file under `dir` (recursively), without following links.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A JWT (three base64url segments, the first two JSON objects) or a PEM
+/// private key in `text`, if any: what it is and where.
+fn secret_in(text: &str) -> Option<String> {
+    if let Some(i) = text.find("PRIVATE KEY-----") {
+        return Some(format!("a PEM private key at byte {i}"));
+    }
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut from = 0;
+    while let Some(i) = text[from..].find("eyJ") {
+        let start = from + i;
+        let candidate: String = text[start..]
+            .chars()
+            .take_while(|c| b64(*c) || *c == '.')
+            .collect();
+        let parts: Vec<&str> = candidate.split('.').collect();
+        if parts.len() >= 3 && parts[1].starts_with("eyJ") && parts[2].len() >= 16 {
+            return Some(format!("a JWT at byte {start}: {}...", &candidate[..20]));
+        }
+        from = start + 3;
+    }
+    None
+}
+
+/// After `up`: the cluster's directory is 0700, every key and kubeconfig
+/// 0600, and no file holding a private key is readable by others. After
+/// every chapter has run on it: no JWT or private key in what `sa-lab
+/// run` printed (tables and `-o json`, with the labs' termination
+/// messages), in any log under the state directory (the components', the
+/// audit log, the supervisor's, every container's), or in the book's
+/// transcripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_private_and_no_secret_leaks() {
+    let c = TestCluster::start("secrets").await;
+    let info = c.info.clone();
+    assert_eq!(mode(&info.dir), 0o700, "{}", info.dir.display());
+    let files = files_under(&info.dir);
+    let mut private = 0;
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let holds_key = std::fs::read(f)
+            .is_ok_and(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY-----"));
+        if name.ends_with(".key") || name.ends_with("kubeconfig") || holds_key {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+            private += 1;
+        }
+    }
+    assert!(private >= 10, "keys and kubeconfigs found: {private}");
+    // The scanner finds what it looks for (else "none found" proves
+    // nothing): a private key file, and a real ServiceAccount token.
+    let admin_key = std::fs::read_to_string(info.pki_dir().join("admin.key")).unwrap();
+    assert!(secret_in(&admin_key).is_some());
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client().await, "default");
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec::default()),
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request("default", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .unwrap();
+    assert!(secret_in(&format!("x {token} y")).is_some());
+
+    let mut outputs = Vec::new();
+    for ch in sa_lab::chapters::catalog() {
+        let n = format!("{:02}", ch.number);
+        for format in ["table", "json"] {
+            let out = sa_lab(
+                &["run", &n, "--name", &info.name, "-o", format],
+                &[("SA_LAB_QUIET", "0")],
+            );
+            let o = out.get_output();
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(o.status.success(), "chapter {n} -o {format}:\n{text}");
+            outputs.push((format!("`sa-lab run {n} -o {format}`"), text));
+        }
+    }
+    let logs: Vec<PathBuf> = files_under(&info.dir)
+        .into_iter()
+        .filter(|f| {
+            f.starts_with(info.logs_dir())
+                || f.file_name()
+                    .is_some_and(|n| n == "log" || n.to_string_lossy().ends_with(".log"))
+        })
+        .collect();
+    assert!(
+        logs.iter().any(|f| f.ends_with("audit.log")) && logs.len() > 8,
+        "logs found: {logs:?}"
+    );
+    for f in logs.iter().chain(&files_under(
+        &sa_lab::paths::repo_root().join("book/src/transcripts"),
+    )) {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        outputs.push((f.display().to_string(), text));
+    }
+    let found: Vec<String> = outputs
+        .iter()
+        .filter_map(|(what, text)| secret_in(text).map(|s| format!("{what}: {s}")))
+        .collect();
+    assert!(found.is_empty(), "secrets shown: {found:#?}");
 }

@@ -300,7 +300,8 @@ pub struct LabRun {
     pub report: Report,
 }
 
-fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, bool), Error> {
+/// The API resource of `obj` (from file `path`), and whether it is namespaced.
+pub fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, bool), Error> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -565,7 +566,8 @@ impl RunContext {
         futures::future::try_join_all(waits).await
     }
 
-    async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
+    /// Wait until lab Pod `pod` has terminated, and read its report.
+    pub async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let what = format!("{ns}/{name}");

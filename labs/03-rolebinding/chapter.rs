@@ -21,7 +21,9 @@ kit::chapter! { 3, "03-rolebinding", "Binding permissions";
     ESCALATION_POD = "07-pod-escalation.yaml",
     VIEW_IN_STAGING = "08-view-in-staging.yaml",
     NAMESPACE_READER = "09-namespace-reader.yaml",
-    FORGOT_NAMESPACE = "10-forgot-namespace.yaml",
+    FORGOT_NAMESPACE = "10-forgot-namespace.yaml";
+    exercises:
+    PODS_ONLY = "03-pods-only" => ["rbac.yaml", "serviceaccount.yaml"],
 }
 
 const WHO: &str = "pod-manager";

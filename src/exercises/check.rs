@@ -209,18 +209,34 @@ fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> CheckError 
     move |source| CheckError::Cluster(chapters::Error::Api { action, source })
 }
 
+/// Read and check the learner's files in `folder` (no cluster needed):
+/// what [`check`] does first, so a mistake in them is reported before
+/// anything else happens.
+pub fn prepare(
+    ex: &Exercise,
+    folder: &Path,
+) -> Result<(Definition, Vec<LearnerObject>), CheckError> {
+    let def = ex.def()?;
+    if def.kind == Kind::Predict {
+        let qs = predict::exercise_questions(ex, &def)?;
+        predict::read_predictions(&folder.join(predict::PREDICTIONS_FILE), &qs)?;
+        return Ok((def, Vec::new()));
+    }
+    let files = input::read_files(ex, folder)?;
+    let objects = input::objects(ex, &def, folder, &files)?;
+    Ok((def, objects))
+}
+
 /// Grade exercise `ex` from the files in `folder`, on `cluster`.
 pub async fn check(
     cluster: &Cluster,
     ex: &Exercise,
     folder: &Path,
 ) -> Result<CheckResult, CheckError> {
-    let def = ex.def()?;
+    let (def, objects) = prepare(ex, folder)?;
     if def.kind == Kind::Predict {
         return predict::check(cluster, ex, &def, folder).await;
     }
-    let files = input::read_files(ex, folder)?;
-    let objects = input::objects(ex, &def, folder, &files)?;
     if def.kind == Kind::Rust {
         let labs_dir = cluster
             .labs_dir
@@ -557,9 +573,7 @@ impl Grading<'_> {
             let (api, name) = self.dynamic(o)?;
             match api.patch(&name, &pp, &Patch::Apply(&o.obj)).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
-                    return Ok(Some((o, s.message)));
-                }
+                Err(kube::Error::Api(s)) if refused(&s) => return Ok(Some((o, s.message))),
                 Err(e) => return Err(api_err(format!("applying {}", o.describe()))(e)),
             }
         }
@@ -650,6 +664,7 @@ impl Grading<'_> {
         let asks = serde_json::to_string(&self.def.asks(p)).unwrap_or_default();
         let env = json!([
             {"name": lab_kit::ask::ASKS_ENV, "value": asks},
+            {"name": lab_kit::ask::CA_ENV, "value": ca_pem(&self.cluster.cx.config)},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ]);
         let mut obj = if p.learner {
@@ -892,6 +907,34 @@ impl Grading<'_> {
             .collect();
         Ok((!sentences.is_empty()).then(|| sentences.join(". ")))
     }
+}
+
+/// The API server refused the object as written: a 4xx, or the 500 that
+/// server-side apply answers for a field the schema does not have
+/// ("failed to create typed patch object ... field not declared in
+/// schema").
+fn refused(s: &kube::core::Status) -> bool {
+    (400..500).contains(&s.code)
+        || (s.code == 500 && s.message.contains("failed to create typed patch object"))
+}
+
+/// The cluster's CA bundle as PEM (the admin's config holds it as DER).
+fn ca_pem(config: &kube::Config) -> String {
+    use base64::Engine as _;
+    if let Some(file) = &config.root_cert_file {
+        return std::fs::read_to_string(file).unwrap_or_default();
+    }
+    let mut pem = String::new();
+    for der in config.root_cert.iter().flatten() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem
 }
 
 /// Applied in this order, so what an object refers to exists first.

@@ -142,6 +142,11 @@ pub async fn check(
     let ws = Workspace::locate(dir)?;
     let ex = pick(&ws, id)?;
     let was_solved = ws.progress()?.solved(ex.id);
+    // The learner's files first: a mistake there needs no cluster.
+    if let Err(e) = check::prepare(ex, &ws.folder(ex)) {
+        ws.update(|p| p.record_check(ex.id, None, &now()))?;
+        return Err(e.into());
+    }
     let cluster = Cluster::connect(opts, timeout).await?;
     crate::ui::note(format!("Checking {} on {}", ex.id, cluster.describe));
     let result = check_one(&ws, &cluster, ex).await?;

@@ -35,7 +35,7 @@ pub const LEAST_PRIVILEGE_ROWS: [(&str, &str); 3] = [
     ),
     (
         "least-privilege.built-in-roles",
-        "no binding to a built-in ClusterRole (cluster-admin, admin, edit, view...)",
+        "no binding to a ClusterRole your files do not define (cluster-admin, edit, view...)",
     ),
     (
         "least-privilege.groups-and-users",

@@ -92,7 +92,10 @@ pub fn least_privilege(objects: &[LearnerObject], allowed_roles: &[String]) -> [
             && !defined.contains(&name)
             && !allowed_roles.iter().any(|a| a == name)
         {
-            built_in.push(format!("{} binds ClusterRole `{name}`", role_name(b)));
+            built_in.push(format!(
+                "{} binds ClusterRole `{name}`, which your files do not define",
+                role_name(b)
+            ));
         }
         for s in b.obj["subjects"].as_array().into_iter().flatten() {
             let kind = s["kind"].as_str().unwrap_or_default();
@@ -427,7 +430,10 @@ mod tests {
                 "Role `reader` allows `bind`"
             ]
         );
-        assert_eq!(built_in, ["RoleBinding `b` binds ClusterRole `edit`"]);
+        assert_eq!(
+            built_in,
+            ["RoleBinding `b` binds ClusterRole `edit`, which your files do not define"]
+        );
         assert_eq!(
             groups,
             ["RoleBinding `b` grants to Group `system:serviceaccounts:shop`"]

@@ -354,6 +354,7 @@ mod tests {
                 ex.id
             );
             let solution = file(f.solution);
+            let starter: BTreeMap<String, String> = serde_saphyr::from_str(f.starter).unwrap();
             for q in &qs {
                 assert_eq!(
                     solution.get(&q.id),
@@ -362,8 +363,9 @@ mod tests {
                     ex.id,
                     q.id
                 );
-                assert!(
-                    f.starter.contains(&format!("{}: {UNANSWERED}", q.id)),
+                assert_eq!(
+                    starter.get(&q.id).map(String::as_str),
+                    Some(UNANSWERED),
                     "{}: {}",
                     ex.id,
                     q.id

@@ -98,14 +98,18 @@ fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
     })
 }
 
-/// A client that sends the token in `path` (and trusts the `ca.crt` next
-/// to it, else the mounted one) and nothing else.
+/// A client that sends the token in `path` and nothing else, trusting the
+/// CA `check` passed (else the `ca.crt` next to the token, else the
+/// mounted one).
 fn client_with_token(path: &str) -> anyhow::Result<Client> {
     let token = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let beside = Path::new(path).with_file_name("ca.crt");
-    let ca = std::fs::read(&beside)
-        .or_else(|_| std::fs::read(lab_kit::CA_PATH))
-        .with_context(|| format!("no ca.crt beside {path} or at {}", lab_kit::CA_PATH))?;
+    let ca = match std::env::var(ask::CA_ENV) {
+        Ok(pem) if !pem.trim().is_empty() => pem.into_bytes(),
+        _ => std::fs::read(&beside)
+            .or_else(|_| std::fs::read(lab_kit::CA_PATH))
+            .with_context(|| format!("no ca.crt beside {path} or at {}", lab_kit::CA_PATH))?,
+    };
     let url = lab_kit::apiserver_url_from_env()?;
     let mut cfg = kube::Config::new(url.parse().context("the API server URL")?);
     let certs = CertificateDer::pem_slice_iter(&ca)

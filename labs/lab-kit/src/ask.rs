@@ -12,6 +12,12 @@ use crate::probe::Probe;
 /// The environment variable holding the asks, as a JSON array.
 pub const ASKS_ENV: &str = "SA_LAB_ASKS";
 
+/// The cluster's CA bundle (PEM) that `check` gives the probe, so a
+/// request with a token file reaches the API server even where the Pod
+/// mounts no `ca.crt` (a Vault token needs none). CA certificates are
+/// public.
+pub const CA_ENV: &str = "SA_LAB_CA";
+
 /// In a request's `name`: the probe Pod's own name (`POD_NAME`).
 pub const SELF_NAME: &str = "$self";
 
@@ -30,9 +36,9 @@ pub struct Ask {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum What {
     /// An API request, answered as a probe row (allowed, forbidden...). With
-    /// `token`, it is sent with the token in that file (and the CA next to
-    /// it, else the mounted one) instead of the Pod's own credential, and
-    /// the authorizer is not asked.
+    /// `token`, it is sent with the token in that file (trusting the CA of
+    /// [`CA_ENV`], else the `ca.crt` next to it, else the mounted one)
+    /// instead of the Pod's own credential, and the authorizer is not asked.
     Request {
         /// The request's RBAC attributes.
         #[serde(flatten)]

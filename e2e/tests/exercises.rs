@@ -1,0 +1,174 @@
+//! The exercises' own check, like `rustlings dev check`, on one fresh
+//! local cluster: every starter fails for the reason its exercise says
+//! (exactly the rows of its `starter_fails`), every solution passes, and
+//! every least-privilege solution plus an over-grant (cluster-admin or
+//! edit in the namespace, a wildcard Role, view for every ServiceAccount
+//! of the namespace) fails, on a static row and on a must-refuse row the
+//! API server really allowed. Afterwards nothing of the exercises is left
+//! in the cluster.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use sa_lab::chapters::RunContext;
+use sa_lab::exercises::check::{self, CheckError, CheckResult, Cluster};
+use sa_lab::exercises::def::LEAST_PRIVILEGE_ROWS;
+use sa_lab::exercises::workspace::Version;
+use sa_lab::exercises::{Definition, Exercise, Kind, Workspace, catalog};
+use sa_lab::provider::Provider;
+
+async fn grade(cluster: &Cluster, ws: &Workspace, ex: &Exercise) -> CheckResult {
+    check::check(cluster, ex, &ws.folder(ex))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {}", ex.id, sa_lab::ui::error_chain(&e)))
+}
+
+fn shown(r: &CheckResult) -> String {
+    sa_lab::exercises::render::check_result(r, 120)
+}
+
+/// Over-grants to the task's ServiceAccount, each one file.
+fn overgrants(def: &Definition) -> Vec<(&'static str, String)> {
+    let Some(lp) = &def.least_privilege else {
+        return Vec::new();
+    };
+    let ns = &def.namespaces[0];
+    let sa = &lp.subject;
+    let rb = |name: &str, kind: &str, role: &str, subject: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: {name}, namespace: {ns}}}\nsubjects: [{subject}]\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: {kind}, name: {role}}}\n"
+        )
+    };
+    let to_sa = format!("{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}");
+    let group = format!(
+        "{{kind: Group, name: 'system:serviceaccounts:{ns}', apiGroup: rbac.authorization.k8s.io}}"
+    );
+    vec![
+        (
+            "cluster-admin",
+            rb("overgrant", "ClusterRole", "cluster-admin", &to_sa),
+        ),
+        ("edit", rb("overgrant", "ClusterRole", "edit", &to_sa)),
+        (
+            "wildcard",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+                 metadata: {{name: overgrant, namespace: {ns}}}\n\
+                 rules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\n{}",
+                rb("overgrant", "Role", "overgrant", &to_sa)
+            ),
+        ),
+        (
+            "group-wide view",
+            rb("overgrant", "ClusterRole", "view", &group),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starters_fail_solutions_pass_overgrants_fail() {
+    common::require_binaries();
+    let c = common::TestCluster::start("exercises").await;
+    let admin = c.info.connect().await.expect("admin config");
+    let local = sa_lab::provider::select_from_env(None).unwrap() == Provider::Local;
+    let cluster = Cluster {
+        cx: RunContext {
+            client: admin.client.clone(),
+            config: admin.config.clone(),
+            image: sa_lab::LAB_IMAGE.to_string(),
+            timeout: std::time::Duration::from_secs(90),
+            audit_log: c
+                .info
+                .audit_log
+                .then(|| sa_lab::audit::AuditLog::of_cluster(&c.info.dir)),
+        },
+        provider: if local {
+            Provider::Local
+        } else {
+            Provider::Kind
+        },
+        describe: c.info.name.clone(),
+        labs_dir: local.then(|| c.info.labs_dir.clone()),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _) = Workspace::init(&tmp.path().join("ws")).unwrap();
+    let mut overgranted = 0;
+    for ex in catalog() {
+        let def = ex.def().unwrap();
+        if def.kind == Kind::Rust && !local {
+            // Pods on kind run images: a program cargo built here is not in one.
+            let e = check::check(&cluster, ex, &ws.folder(ex))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, CheckError::RustNeedsLocal { .. }),
+                "{}: {e}",
+                ex.id
+            );
+            continue;
+        }
+        let r = grade(&cluster, &ws, ex).await;
+        let failed: BTreeSet<&str> = r.failed().into_iter().collect();
+        let intended: BTreeSet<&str> = def.starter_fails.iter().map(String::as_str).collect();
+        assert_eq!(
+            failed,
+            intended,
+            "{}: the starter fails exactly the rows starter_fails names\n{}",
+            ex.id,
+            shown(&r)
+        );
+        assert!(!r.passed);
+
+        ws.write(ex, Version::Solution).unwrap();
+        let r = grade(&cluster, &ws, ex).await;
+        assert!(r.passed, "{}: the solution passes\n{}", ex.id, shown(&r));
+        assert_eq!(r.rows.len(), def.row_ids().len().max(def.predict.len()));
+
+        for (what, yaml) in overgrants(&def) {
+            let file = ws.folder(ex).join("overgrant.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            let r = grade(&cluster, &ws, ex).await;
+            std::fs::remove_file(&file).unwrap();
+            let is_static = |id: &str| LEAST_PRIVILEGE_ROWS.iter().any(|(s, _)| *s == id);
+            let failed = r.failed();
+            assert!(
+                failed.iter().any(|id| is_static(id)),
+                "{}: {what}: the least-privilege check sees it\n{}",
+                ex.id,
+                shown(&r)
+            );
+            assert!(
+                r.rows.iter().any(|g| !g.row.pass
+                    && !is_static(&g.row.id)
+                    && g.row.actual == "allowed"
+                    && g.row.expected != "allowed"),
+                "{}: {what}: a must-refuse row was allowed by the API server\n{}",
+                ex.id,
+                shown(&r)
+            );
+            overgranted += 1;
+        }
+    }
+    assert!(overgranted >= 4 * 6, "over-grants tried: {overgranted}");
+
+    // Nothing of the exercises is left: no object with their label, in
+    // their namespaces or cluster-wide.
+    for kind in [
+        "pods",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "configmaps",
+        "secrets",
+        "clusterroles",
+        "clusterrolebindings",
+    ] {
+        let out = c.kubectl_ok(&["get", kind, "-A", "-l", "sa-lab.dev/exercise", "-o", "name"]);
+        assert!(out.trim().is_empty(), "{kind} left behind: {out}");
+    }
+    let sas = c.kubectl_ok(&["get", "serviceaccounts", "-n", "shop", "-o", "name"]);
+    assert_eq!(sas.trim(), "serviceaccount/default", "{sas}");
+}

@@ -164,7 +164,7 @@ impl Saves {
 
 fn say(text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.replace('\n', "\r\n").as_bytes());
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 

@@ -167,6 +167,27 @@ pub fn find(id: &str) -> Result<&'static Exercise, UnknownExercise> {
         })
 }
 
+/// `labs/NN-slug/exercises/README.md`: the chapter's exercises as the
+/// book's "Your turn" section lists them.
+pub fn chapter_list(chapter: &Chapter) -> Result<String, def::DefError> {
+    let mut out = format!(
+        "<!-- Generated from labs/{}/exercises/*/exercise.yaml; \
+         `UPDATE_EXPECTED=1 cargo test -p sa-lab --lib exercises` rewrites it. -->\n\n\
+         | exercise | kind | what you do |\n|---|---|---|\n",
+        chapter.slug
+    );
+    for ex in chapter.exercises {
+        let d = ex.def()?;
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            ex.id,
+            d.kind.as_str(),
+            d.title
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +261,28 @@ mod tests {
                     .into();
                 assert_eq!(top, want, "{}: what an exercise folder holds", e.id);
             }
+        }
+    }
+
+    #[test]
+    fn chapter_lists_are_generated_from_the_catalog() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for c in chapters::catalog()
+            .iter()
+            .filter(|c| !c.exercises.is_empty())
+        {
+            let path = root.join("labs").join(c.slug).join("exercises/README.md");
+            let want = chapter_list(c).unwrap();
+            if std::env::var_os("UPDATE_EXPECTED").is_some() {
+                std::fs::write(&path, &want).unwrap();
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                have,
+                want,
+                "{} is stale: run UPDATE_EXPECTED=1 cargo test -p sa-lab --lib exercises",
+                path.display()
+            );
         }
     }
 

@@ -1,18 +1,58 @@
 #!/usr/bin/env bash
 # Benchmarks: medians over several runs, printed on stdout.
 #
-#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
+#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3] [CHECK_RUNS=10]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
 # 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
 #    and p95), a graceful delete to the Pod gone (the program exits on
 #    SIGTERM), and the interval between the node's Lease renewals;
-# 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down).
+# 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down);
+# 4. `sa-lab check` of a passing exercise (03-pods-only, its solution) on a
+#    running local cluster: a learner's feedback loop, every run counted
+#    (the first one also makes the exercise's namespace).
 # The e2e tests assert behaviour only; every timing lives here.
 # Everything runs the same debug build the README's commands use.
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Stops every cluster a run left in the bench's state dir, then removes it.
+cleanup() {
+  local dir
+  for dir in "${SA_LAB_HOME}"/clusters/*/; do
+    [[ -d "${dir}" ]] || continue
+    target/debug/sa-lab down --name "$(basename "${dir}")" >/dev/null 2>&1 || true
+  done
+  rm -rf "${SA_LAB_HOME}"
+}
+
+# The wall time of "$@" in seconds (2 decimals); fails, saying so, if the
+# command does.
+elapsed() {
+  local start end
+  start="$(date +%s.%N)"
+  if ! "$@" >/dev/null 2>&1; then
+    echo "bench: failed: $*" >&2
+    return 1
+  fi
+  end="$(date +%s.%N)"
+  awk -v a="${start}" -v b="${end}" 'BEGIN { printf "%.2f", b - a }'
+}
+
+bench_check() {
+  local runs="$1" name="bench-check-$$" ws="${SA_LAB_HOME}/exercises" times=() i t
+  target/debug/sa-lab up --name "${name}" >/dev/null 2>&1
+  target/debug/sa-lab exercises init "${ws}" >/dev/null 2>&1
+  target/debug/sa-lab solution 03-pods-only --reveal --write --dir "${ws}" >/dev/null 2>&1
+  for ((i = 0; i < runs; i++)); do
+    t="$(SA_LAB_CLUSTER="${name}" elapsed target/debug/sa-lab check 03-pods-only --dir "${ws}")"
+    times+=("${t}")
+  done
+  target/debug/sa-lab down --name "${name}" >/dev/null 2>&1
+  printf 'sa-lab check 03-pods-only (passing) on a running local cluster, %d runs: median %s s (runs: %s)\n' \
+    "${runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+}
 
 median() {
   sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
@@ -20,28 +60,28 @@ median() {
 
 main() {
   local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
-  local delete_runs="${4:-5}" lease_renewals="${5:-3}"
+  local delete_runs="${4:-5}" lease_renewals="${5:-3}" check_runs="${6:-10}"
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
   SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
   export SA_LAB_HOME
-  trap 'rm -rf "${SA_LAB_HOME}"' EXIT
+  trap cleanup EXIT
   cargo build --workspace --bins --locked --quiet
 
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- \
     "${up_runs}" "${pod_runs}" "${delete_runs}" "${lease_renewals}"
 
-  local times=() i start end
+  local times=() i t
   for ((i = 0; i < tour_runs; i++)); do
-    start="$(date +%s.%N)"
-    target/debug/sa-lab tour >/dev/null 2>&1
-    end="$(date +%s.%N)"
-    times+=("$(awk -v a="${start}" -v b="${end}" 'BEGIN { printf "%.2f", b - a }')")
+    t="$(elapsed target/debug/sa-lab tour)"
+    times+=("${t}")
   done
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
     "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+
+  bench_check "${check_runs}"
 }
 
 main "$@"

@@ -49,7 +49,7 @@ main() {
     cargo test --workspace --locked --lib --bins
     cargo test -p sa-lab-e2e --locked --test book --test manifests --test provider \
       --test chapter_01 --test chapter_02 --test chapter_03 --test chapter_04 \
-      --test chapter_05 "$@" -- --test-threads=1
+      --test chapter_05 --test exercises "$@" -- --test-threads=1
     return
   fi
 

@@ -279,6 +279,19 @@ fn verdict(row: &Row, authorizer_asked: bool) -> String {
     }
 }
 
+/// For tests of generated files: `path` holds `want`, what its source
+/// generates; with `UPDATE_EXPECTED` set it is rewritten instead. `how` is
+/// the command that rewrites it.
+#[cfg(test)]
+pub(crate) fn assert_generated(path: &std::path::Path, want: &str, how: &str) {
+    if std::env::var_os("UPDATE_EXPECTED").is_some() {
+        std::fs::write(path, want).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert_eq!(have, want, "{} is stale: run {how}", path.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,17 +310,8 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for c in catalog() {
             let path = root.join("labs").join(c.slug).join("expected.md");
-            let want = markdown(c).unwrap();
-            if std::env::var_os("UPDATE_EXPECTED").is_some() {
-                std::fs::write(&path, &want).unwrap();
-            }
-            let have = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                have,
-                want,
-                "{} is stale: run UPDATE_EXPECTED=1 cargo test -p sa-lab --lib oracle",
-                path.display()
-            );
+            let how = "UPDATE_EXPECTED=1 cargo test -p sa-lab --lib oracle";
+            assert_generated(&path, &markdown(c).unwrap(), how);
         }
     }
 

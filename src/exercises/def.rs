@@ -597,7 +597,7 @@ pub fn with_rows(readme: &str, table: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::exercises::catalog;
 
@@ -622,18 +622,12 @@ mod tests {
             let want = with_rows(&have, &def.rows_markdown()).unwrap_or_else(|| {
                 panic!("{}: no {README_BEGIN} ... {README_END}", path.display())
             });
-            if std::env::var_os("UPDATE_EXPECTED").is_some() {
-                std::fs::write(&path, &want).unwrap();
-                continue;
-            }
-            assert_eq!(
-                have,
-                want,
-                "{} is stale: run UPDATE_EXPECTED=1 cargo test -p sa-lab --lib exercises",
-                path.display()
-            );
+            crate::chapters::oracle::assert_generated(&path, &want, UPDATE);
         }
     }
+
+    /// How the generated files of the exercises are rewritten.
+    pub(crate) const UPDATE: &str = "UPDATE_EXPECTED=1 cargo test -p sa-lab --lib exercises";
 
     fn def(yaml: &str) -> Definition {
         serde_saphyr::from_str(yaml).unwrap()

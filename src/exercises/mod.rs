@@ -36,6 +36,27 @@ pub use check::{CheckResult, Cluster};
 pub use def::{Definition, Kind};
 pub use workspace::Workspace;
 
+/// A file or folder of the workspace could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct FileError {
+    /// What was done (`reading`, `writing`...).
+    pub what: &'static str,
+    /// The file or folder.
+    pub path: std::path::PathBuf,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// The error of doing `what` to `path`, from the I/O error.
+    pub fn of(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| FileError { what, path, source }
+    }
+}
+
 /// One exercise, embedded at build time from its folder.
 #[derive(Debug, Clone, Copy)]
 pub struct Exercise {
@@ -273,16 +294,7 @@ mod tests {
         {
             let path = root.join("labs").join(c.slug).join("exercises/README.md");
             let want = chapter_list(c).unwrap();
-            if std::env::var_os("UPDATE_EXPECTED").is_some() {
-                std::fs::write(&path, &want).unwrap();
-            }
-            let have = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                have,
-                want,
-                "{} is stale: run UPDATE_EXPECTED=1 cargo test -p sa-lab --lib exercises",
-                path.display()
-            );
+            crate::chapters::oracle::assert_generated(&path, &want, def::tests::UPDATE);
         }
     }
 

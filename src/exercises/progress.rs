@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Exercise;
+use super::{Exercise, FileError};
 
 /// The progress file's format version.
 pub const VERSION: u32 = 1;
@@ -52,16 +52,8 @@ pub struct Entry {
 #[derive(Debug, thiserror::Error)]
 pub enum ProgressError {
     /// Reading or writing failed.
-    #[error("{what} {}", path.display())]
-    Io {
-        /// What was done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The file is not progress JSON.
     #[error("{} is not an sa-lab progress file (fix or delete it; `sa-lab exercises init` writes a new one)", path.display())]
     Parse {
@@ -92,11 +84,7 @@ impl Progress {
 
     /// Read `path`.
     pub fn load(path: &Path) -> Result<Progress, ProgressError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProgressError::Io {
-            what: "reading",
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(FileError::of("reading", path))?;
         serde_json::from_str(&text).map_err(|source| ProgressError::Parse {
             path: path.into(),
             source,
@@ -105,17 +93,11 @@ impl Progress {
 
     /// Write `path` whole or not at all (a temporary file renamed over it).
     pub fn save(&self, path: &Path) -> Result<(), ProgressError> {
-        let io = |what| {
-            move |source| ProgressError::Io {
-                what,
-                path: path.into(),
-                source,
-            }
-        };
         let text = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(io("writing"))?;
-        std::fs::rename(&tmp, path).map_err(io("replacing"))
+        std::fs::write(&tmp, text).map_err(FileError::of("writing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(FileError::of("replacing", path))?;
+        Ok(())
     }
 
     /// The entry of exercise `id` (empty if it has none).

@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use super::commands::{self, Error, next_steps};
 use super::progress::Progress;
 use super::workspace::{Workspace, WorkspaceError};
-use super::{Exercise, catalog, render};
+use super::{Exercise, FileError, catalog, render};
 use crate::provider::ConnectOptions;
 
 /// How long saves may keep coming before the check starts: an editor's
@@ -196,13 +196,7 @@ pub async fn run(
     let cluster = super::Cluster::connect(opts, timeout).await?;
     let _raw = RawKeys::new();
     let mut keys = keys();
-    let io = |e: std::io::Error| {
-        Error::Workspace(WorkspaceError::Io {
-            what: "watching",
-            path: ws.root.clone(),
-            source: e,
-        })
-    };
+    let io = |e| Error::Workspace(WorkspaceError::Io(FileError::of("watching", &ws.root)(e)));
     let mut saves = Saves::new().map_err(io)?;
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(io)?;

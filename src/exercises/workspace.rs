@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use super::progress::{Progress, ProgressError};
-use super::{Exercise, catalog};
+use super::{Exercise, FileError, catalog};
 
 /// The folder that marks a workspace and holds its state.
 pub const STATE_DIR: &str = ".sa-lab";
@@ -65,24 +65,11 @@ pub enum WorkspaceError {
         dir: PathBuf,
     },
     /// A file could not be read or written.
-    #[error("{what} {}", path.display())]
-    Io {
-        /// What was done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The progress file.
     #[error(transparent)]
     Progress(#[from] ProgressError),
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError {
-    let path = path.to_path_buf();
-    move |source| WorkspaceError::Io { what, path, source }
 }
 
 /// Which version of an exercise's files.
@@ -141,14 +128,14 @@ impl Workspace {
         if !existing
             && dir.is_dir()
             && std::fs::read_dir(dir)
-                .map_err(io("reading", dir))?
+                .map_err(FileError::of("reading", dir))?
                 .next()
                 .is_some()
         {
             return Err(WorkspaceError::NotEmpty { dir: dir.into() });
         }
         let state = dir.join(STATE_DIR);
-        std::fs::create_dir_all(&state).map_err(io("creating", &state))?;
+        std::fs::create_dir_all(&state).map_err(FileError::of("creating", &state))?;
         if !existing {
             Progress::new().save(&progress)?;
         }
@@ -171,7 +158,7 @@ impl Workspace {
     pub fn locate(dir: Option<&Path>) -> Result<Workspace, WorkspaceError> {
         let start = match dir {
             Some(d) => d.to_path_buf(),
-            None => std::env::current_dir().map_err(io("reading", Path::new(".")))?,
+            None => std::env::current_dir().map_err(FileError::of("reading", Path::new(".")))?,
         };
         let start = std::path::absolute(&start).unwrap_or(start);
         for d in start.ancestors() {
@@ -216,7 +203,7 @@ impl Workspace {
     /// Write `ex`'s README and files (`version`) into its folder.
     pub fn write(&self, ex: &Exercise, version: Version) -> Result<(), WorkspaceError> {
         let folder = self.folder(ex);
-        std::fs::create_dir_all(&folder).map_err(io("creating", &folder))?;
+        std::fs::create_dir_all(&folder).map_err(FileError::of("creating", &folder))?;
         write_file(&folder.join("README.md"), ex.readme)?;
         for f in ex.files {
             let text = match version {
@@ -229,7 +216,7 @@ impl Workspace {
             // The repository's lock: the same versions it built, so the
             // learner's crate reuses its compiled dependencies.
             let lock = crate::paths::repo_root().join("Cargo.lock");
-            let text = std::fs::read_to_string(&lock).map_err(io("reading", &lock))?;
+            let text = std::fs::read_to_string(&lock).map_err(FileError::of("reading", &lock))?;
             write_file(&folder.join("Cargo.lock"), &text)?;
         }
         Ok(())
@@ -243,12 +230,12 @@ impl Workspace {
         let folder = self.folder(ex);
         let keep = self.root.join(STATE_DIR).join("reset").join(ex.id);
         if keep.exists() {
-            std::fs::remove_dir_all(&keep).map_err(io("removing", &keep))?;
+            std::fs::remove_dir_all(&keep).map_err(FileError::of("removing", &keep))?;
         }
         if folder.exists() {
             copy_tree(&folder, &keep)?;
             for e in std::fs::read_dir(&folder)
-                .map_err(io("reading", &folder))?
+                .map_err(FileError::of("reading", &folder))?
                 .flatten()
             {
                 let p = e.path();
@@ -260,7 +247,7 @@ impl Workspace {
                 } else {
                     std::fs::remove_file(&p)
                 };
-                removed.map_err(io("removing", &p))?;
+                removed.map_err(FileError::of("removing", &p))?;
             }
         }
         self.write(ex, Version::Starter)?;
@@ -270,9 +257,9 @@ impl Workspace {
 
 /// Copy `from` into `to` (made), files and folders, but no `target/`.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), WorkspaceError> {
-    std::fs::create_dir_all(to).map_err(io("creating", to))?;
+    std::fs::create_dir_all(to).map_err(FileError::of("creating", to))?;
     for e in std::fs::read_dir(from)
-        .map_err(io("reading", from))?
+        .map_err(FileError::of("reading", from))?
         .flatten()
     {
         let (src, dst) = (e.path(), to.join(e.file_name()));
@@ -281,7 +268,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), WorkspaceError> {
                 copy_tree(&src, &dst)?;
             }
         } else {
-            std::fs::copy(&src, &dst).map_err(io("copying", &src))?;
+            std::fs::copy(&src, &dst).map_err(FileError::of("copying", &src))?;
         }
     }
     Ok(())
@@ -303,9 +290,10 @@ pub fn for_workspace(path: &str, text: &str) -> String {
 
 fn write_file(path: &Path, text: &str) -> Result<(), WorkspaceError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        std::fs::create_dir_all(parent).map_err(FileError::of("creating", parent))?;
     }
-    std::fs::write(path, text).map_err(io("writing", path))
+    std::fs::write(path, text).map_err(FileError::of("writing", path))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks: medians over several runs, printed on stdout.
 #
-#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3] [CHECK_RUNS=10]
+#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3] [AUDIT_RUNS=3] [CHECK_RUNS=10]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
 # 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
 #    and p95), a graceful delete to the Pod gone (the program exits on
 #    SIGTERM), and the interval between the node's Lease renewals;
-# 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down);
-# 4. `sa-lab check` of a passing exercise (03-pods-only, its solution) on a
+# 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down);
+# 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000
+#    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory;
+# 5. `sa-lab check` of a passing exercise (03-pods-only, its solution) on a
 #    running local cluster: a learner's feedback loop, every run counted
 #    (the first one also makes the exercise's namespace).
 # The e2e tests assert behaviour only; every timing lives here.
@@ -60,7 +62,7 @@ median() {
 
 main() {
   local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
-  local delete_runs="${4:-5}" lease_renewals="${5:-3}" check_runs="${6:-10}"
+  local delete_runs="${4:-5}" lease_renewals="${5:-3}" audit_runs="${6:-3}" check_runs="${7:-10}"
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
@@ -81,6 +83,7 @@ main() {
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
     "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
 
+  cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench audit -- 200 "${audit_runs}"
   bench_check "${check_runs}"
 }
 

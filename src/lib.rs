@@ -20,6 +20,7 @@ pub mod paths;
 pub mod pki;
 pub mod provider;
 pub mod rbac;
+pub mod risks;
 pub mod sys;
 pub mod ui;
 

@@ -326,6 +326,9 @@ pub fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource,
         "RoleBinding" => ("rolebindings", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Node" => ("nodes", false),
+        "ValidatingAdmissionPolicy" => ("validatingadmissionpolicies", false),
+        "ValidatingAdmissionPolicyBinding" => ("validatingadmissionpolicybindings", false),
         "Deployment" => ("deployments", true),
         "Job" => ("jobs", true),
         other => {
@@ -469,6 +472,24 @@ impl RunContext {
                 "clusterroles",
                 false,
             ),
+            // Objects a chapter binds tokens to (no kubelet behind them).
+            ("", "v1", "Node", "nodes", false),
+            // Chapter 8's admission policy: it would refuse chapter 4's
+            // binding to `default`.
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
+                false,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicy",
+                "validatingadmissionpolicies",
+                false,
+            ),
         ];
         for (group, version, kind, plural, namespaced) in kinds {
             let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -577,7 +598,8 @@ impl RunContext {
         futures::future::try_join_all(waits).await
     }
 
-    /// Wait until lab Pod `pod` has terminated, and read its report.
+    /// Wait until lab Pod `pod` (by namespace and name) has terminated, and
+    /// read its report.
     pub async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
@@ -773,6 +795,31 @@ impl RunContext {
             action: "building a client with a token".into(),
             source,
         })
+    }
+
+    /// A row for one use of `token` (and no other credential) by
+    /// `subject`: a SelfSubjectReview, the cheapest call every identity may
+    /// make. Allowed means authenticated; 401 means the API server no
+    /// longer accepts the token. `context` says what state the token's
+    /// world is in (its Pod exists, its Secret is gone...).
+    pub async fn use_token(
+        &self,
+        id: &str,
+        subject: &str,
+        token: &str,
+        context: &str,
+    ) -> Result<Row, Error> {
+        let client = self.client_with_token(token)?;
+        let res = lab_kit::identity::whoami(&client).await;
+        let mut r = api_row(id, subject, &res);
+        r.verb = "create".into();
+        r.group = "authentication.k8s.io".into();
+        r.resource = "selfsubjectreviews".into();
+        r.message = match res {
+            Ok(i) => format!("{context}: authenticated as {}", i.username),
+            Err(_) => format!("{context}: {}", r.message),
+        };
+        Ok(r)
     }
 
     /// Delete Pod `ns/name` (if present) and wait until it is gone.

@@ -65,6 +65,7 @@ impl Component {
                     "--authorization-mode=Node,RBAC",
                     "--enable-admission-plugins=NodeRestriction",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    "--service-account-max-token-expiration=24h", // chapter 6: longer requests are shortened
                     "--kubelet-preferred-address-types=InternalIP",
                     // Endpoints of the `kubernetes` Service are not reconciled:
                     // the apiserver listens on loopback only, and a loopback

@@ -18,8 +18,9 @@ use rustls::pki_types::pem::PemObject as _;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut report = Report::new("exercise", "lab-exercise-probe");
-    let asks = std::env::var(ask::ASKS_ENV)
-        .context("SA_LAB_ASKS is not set: this probe runs in Pods made by `sa-lab check`")?;
+    let asks = std::env::var(ask::ASKS_ENV).context(
+        "SA_LAB_ASKS is not set: this probe runs in Pods made by `sa-lab check`",
+    )?;
     let asks = ask::parse(&asks).context("SA_LAB_ASKS is not a list of asks")?;
     let pod = lab_kit::pod_name().unwrap_or_default();
     // The Pod's own credential, as every client in a Pod finds it.
@@ -33,7 +34,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn answer(report: &mut Report, a: &Ask, pod: &str, own: &Result<Client, String>) {
+async fn answer(
+    report: &mut Report,
+    a: &Ask,
+    pod: &str,
+    own: &Result<Client, String>,
+) {
     match &a.what {
         What::Request { request, token } => {
             let probe = request.probe(&a.id, pod);
@@ -43,7 +49,9 @@ async fn answer(report: &mut Report, a: &Ask, pod: &str, own: &Result<Client, St
                     Err(e) => probe.row(Outcome::Error, None, &format!("{e:#}")),
                 },
                 (None, Ok(c)) => probe.run_and_ask(c).await,
-                (None, Err(e)) => probe.row(Outcome::Error, None, &format!("no credentials: {e}")),
+                (None, Err(e)) => {
+                    probe.row(Outcome::Error, None, &format!("no credentials: {e}"))
+                }
             };
             report.rows.push(row);
         }
@@ -55,7 +63,10 @@ async fn answer(report: &mut Report, a: &Ask, pod: &str, own: &Result<Client, St
                         report.identity = Some(id);
                         name
                     }
-                    Err(e) => format!("error: {}", lab_kit::probe::classify::<()>(&Err(e)).2),
+                    Err(e) => format!(
+                        "error: {}",
+                        lab_kit::probe::classify::<()>(&Err(e)).2
+                    ),
                 },
                 Err(e) => format!("error: {e}"),
             };
@@ -70,7 +81,8 @@ async fn answer(report: &mut Report, a: &Ask, pod: &str, own: &Result<Client, St
             report.fact(&a.id, state);
         }
         What::Claim { path, claim } => {
-            let value = read_claim(path, claim).unwrap_or_else(|e| format!("error: {e:#}"));
+            let value =
+                read_claim(path, claim).unwrap_or_else(|e| format!("error: {e:#}"));
             report.fact(&a.id, value);
         }
     }
@@ -78,7 +90,8 @@ async fn answer(report: &mut Report, a: &Ask, pod: &str, own: &Result<Client, St
 
 /// Claim `claim` of the JWT in `path`, as text.
 fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let claims = lab_kit::jwt::decode_payload(&token)?;
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -87,7 +100,9 @@ fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
     };
     Ok(match claim {
         "aud" => match &claims["aud"] {
-            serde_json::Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
+            serde_json::Value::Array(a) => {
+                a.iter().map(text).collect::<Vec<_>>().join(", ")
+            }
             v => text(v),
         },
         "ttl" => {
@@ -102,13 +117,16 @@ fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
 /// CA `check` passed (else the `ca.crt` next to the token, else the
 /// mounted one).
 fn client_with_token(path: &str) -> anyhow::Result<Client> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let beside = Path::new(path).with_file_name("ca.crt");
     let ca = match std::env::var(ask::CA_ENV) {
         Ok(pem) if !pem.trim().is_empty() => pem.into_bytes(),
         _ => std::fs::read(&beside)
             .or_else(|_| std::fs::read(lab_kit::CA_PATH))
-            .with_context(|| format!("no ca.crt beside {path} or at {}", lab_kit::CA_PATH))?,
+            .with_context(|| {
+                format!("no ca.crt beside {path} or at {}", lab_kit::CA_PATH)
+            })?,
     };
     let url = lab_kit::apiserver_url_from_env()?;
     let mut cfg = kube::Config::new(url.parse().context("the API server URL")?);

@@ -61,8 +61,9 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "sleep" => {
             let secs: f64 = arg(args, 1, "seconds")?.parse().context("seconds")?;
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term = tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            )?;
             println!("sleeping {secs}s");
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs_f64(secs)) => {
@@ -100,7 +101,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "cat" => {
             let file = arg(args, 1, "file")?;
-            let text = std::fs::read_to_string(file).with_context(|| format!("cat {file}"))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cat {file}"))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
@@ -117,7 +119,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "claims" => {
             let file = arg(args, 1, "token file")?;
-            let token = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("read {file}"))?;
             let claims = lab_kit::jwt::decode_payload(&token)?;
             println!("{}", serde_json::to_string_pretty(&claims)?);
             write_message(&claims);
@@ -138,7 +141,9 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "incluster" => match kube::Config::incluster() {
             Ok(c) => {
                 println!("ok: {}", c.cluster_url);
-                write_message(&json!({ "ok": true, "url": c.cluster_url.to_string() }));
+                write_message(
+                    &json!({ "ok": true, "url": c.cluster_url.to_string() }),
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -150,7 +155,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "message" => {
             let text = arg(args, 1, "text")?;
             let path = lab_kit::termination_log_path();
-            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("write {}", path.display()))?;
             println!("wrote {} bytes to {}", text.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -4,9 +4,10 @@
 #   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3] [AUDIT_RUNS=3] [CHECK_RUNS=10]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
-# 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
-#    and p95), a graceful delete to the Pod gone (the program exits on
-#    SIGTERM), and the interval between the node's Lease renewals;
+# 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
+#    graceful delete to the Pod gone (the program exits on SIGTERM), and the
+#    interval between the node's Lease renewals;
+#    1 and 2 with the sandbox node, then (as root) with the kubelet node;
 # 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down);
 # 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000
 #    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory;
@@ -18,6 +19,9 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 
 # Stops every cluster a run left in the bench's state dir, then removes it.
 cleanup() {
@@ -66,6 +70,10 @@ main() {
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
+  if kubelet_node_possible; then
+    SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
+    export SA_LAB_NODE_BIN
+  fi
   SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
   export SA_LAB_HOME
   trap cleanup EXIT

@@ -131,7 +131,7 @@ wait_ready() {
 
 load_image() {
   local name="$1" tag
-  tag="$("${REPO_ROOT}/scripts/build-lab-image.sh")"
+  tag="$("${REPO_ROOT}/scripts/build-lab-image.sh" --docker)"
   log "loading ${tag} into kind cluster ${name}"
   "${KIND}" load docker-image "${tag}" --name "${name}" >&2
   ok "loaded ${tag} (lab Pods use imagePullPolicy: IfNotPresent, so the kubelet uses it)"

@@ -52,6 +52,10 @@ enum Cmd {
         /// says which binding allowed it, and `sa-lab trace` has nothing).
         #[arg(long)]
         no_audit_log: bool,
+        /// Local: which node runs Pods: sandbox (default) or kubelet (the real
+        /// kubelet, containerd and kube-proxy; needs root). Also $SA_LAB_NODE.
+        #[arg(long, value_enum)]
+        node: Option<sa_lab::kubelet::NodeKind>,
     },
     /// Stop every process of a local cluster and remove its state.
     Down {
@@ -329,12 +333,14 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             name,
             api_port,
             no_audit_log,
+            node,
         } => {
             let args = provider::UpArgs {
                 provider,
                 name,
                 api_port,
                 no_audit_log,
+                node,
             };
             if let provider::Started::Local(info) = provider::up(&args).await? {
                 eprintln!(

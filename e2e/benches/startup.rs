@@ -1,9 +1,11 @@
 //! Benchmarks (not tests): prints medians over several runs.
 //!
 //! - `sa-lab up` to ready, and each component's resident memory once ready;
-//! - on the sandbox node: Pod create to `Succeeded` for a trivial lab Pod,
-//!   a graceful delete (the program handles SIGTERM) to the Pod gone, and
-//!   the interval between the node's Lease renewals.
+//! - Pod create to `Succeeded` for a trivial lab Pod, a graceful delete
+//!   (the program handles SIGTERM) to the Pod gone, and the interval
+//!   between the node's Lease renewals;
+//!
+//! each with the sandbox node, then (as root) with the kubelet node.
 //!
 //! These are the timings the e2e tests do not assert (they assert what
 //! happens, not how fast). Run through `scripts/bench.sh` (which also times
@@ -17,6 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::wait::{await_condition, conditions};
+use sa_lab::kubelet::NodeKind;
 use sa_lab::local::{self, UpOptions};
 use serde_json::json;
 
@@ -49,7 +52,7 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn bench_up(runs: usize) {
+async fn bench_up(runs: usize, node: NodeKind) {
     let mut walls = Vec::new();
     let mut rss: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for i in 0..runs {
@@ -57,6 +60,7 @@ async fn bench_up(runs: usize) {
         let t = Instant::now();
         let info = local::up(&UpOptions {
             name: name.clone(),
+            node: Some(node),
             ..Default::default()
         })
         .await
@@ -78,7 +82,8 @@ async fn bench_up(runs: usize) {
         local::down(&name).expect("sa-lab down");
     }
     println!(
-        "sa-lab up -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+        "sa-lab up --node {} -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+        node.as_str(),
         median(&mut walls.clone()),
         walls.iter().cloned().fold(f64::MAX, f64::min),
         walls.iter().cloned().fold(0.0, f64::max)
@@ -133,16 +138,18 @@ fn toolbox_pod(name: &str, args: &[&str]) -> Pod {
     .unwrap()
 }
 
-/// The sandbox node's timings on one cluster: Pod start-up, graceful delete,
+/// A node's timings on one cluster: Pod start-up, graceful delete,
 /// Lease renewal interval.
-async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
+async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
     let name = format!("bench-pods-{}", std::process::id());
     let info = local::up(&UpOptions {
         name: name.clone(),
+        node: Some(node),
         ..Default::default()
     })
     .await
     .expect("up");
+    let node = node.as_str();
     let client = info.client().await.expect("client");
     let ns = "bench";
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -191,7 +198,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
         }
     }
     println!(
-        "Pod create -> Succeeded (trivial lab Pod), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
+        "Pod create -> Succeeded (trivial lab Pod, {node} node), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
         median(&mut times.clone()),
         percentile(&mut times, 95.0)
     );
@@ -235,7 +242,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     }
     if !deletes.is_empty() {
         println!(
-            "graceful delete -> Pod gone (program exits on SIGTERM, grace 30 s), {delete_runs} runs: median {:.3} s, max {:.3} s",
+            "graceful delete -> Pod gone (program exits on SIGTERM, grace 30 s, {node} node), {delete_runs} runs: median {:.3} s, max {:.3} s",
             median(&mut deletes.clone()),
             deletes.iter().cloned().fold(0.0, f64::max)
         );
@@ -266,7 +273,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     }
     if !intervals.is_empty() {
         println!(
-            "node Lease renewal interval, {} renewals: median {:.2} s, max {:.2} s",
+            "{node} node Lease renewal interval, {} renewals: median {:.2} s, max {:.2} s",
             intervals.len(),
             median(&mut intervals.clone()),
             intervals.iter().cloned().fold(0.0, f64::max)
@@ -288,8 +295,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // The kubelet node needs root; without it, say so instead of a figure.
+    let kubelet = match sa_lab::kubelet::host::require_root() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("kubelet node: not measured ({e})");
+            false
+        }
+    };
     rt.block_on(async {
-        bench_up(up_runs).await;
-        bench_node(pod_runs, delete_runs, lease_renewals).await;
+        for node in [NodeKind::Sandbox, NodeKind::Kubelet] {
+            if node == NodeKind::Kubelet && !kubelet {
+                continue;
+            }
+            bench_up(up_runs, node).await;
+            bench_node(node, pod_runs, delete_runs, lease_renewals).await;
+        }
     });
 }

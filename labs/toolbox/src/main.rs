@@ -14,6 +14,7 @@
 //! lab-toolbox incluster         try Config::incluster(), print the error
 //! lab-toolbox message TEXT      write TEXT to the termination message, exit 0
 //! lab-toolbox get PATH          raw GET with the mounted token and ca.crt
+//! lab-toolbox connect ADDR      open a TCP connection to ADDR (ip:port, 3 s)
 //! ```
 
 use std::process::ExitCode;
@@ -22,7 +23,8 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 const USAGE: &str = "usage: lab-toolbox <exit N | sleep SECS | kill-self SIGNAL | \
-ls DIR | cat FILE | env | claims FILE | whoami | incluster | message TEXT | get PATH>";
+ls DIR | cat FILE | env | claims FILE | whoami | incluster | message TEXT | get PATH | \
+connect ADDR>";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -175,6 +177,35 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 "outcome": outcome,
                 "message": lab_kit::truncate(&res.message(), 300),
             }));
+            Ok(ExitCode::SUCCESS)
+        }
+        "connect" => {
+            // The outcome is the result, not an error: "connected",
+            // "refused", "unreachable", "timeout" or another OS error.
+            let addr: std::net::SocketAddr = arg(args, 1, "address")?
+                .parse()
+                .context("address as ip:port")?;
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            let outcome = match &attempt {
+                Ok(Ok(_)) => "connected".to_string(),
+                Ok(Err(e)) => match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "refused".into(),
+                    std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable => {
+                        "unreachable".into()
+                    }
+                    _ => format!("error: {e}"),
+                },
+                Err(_) => "timeout".into(),
+            };
+            println!("connect {addr}: {outcome}");
+            write_message(
+                &json!({ "address": addr.to_string(), "connect": outcome }),
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),

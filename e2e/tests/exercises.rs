@@ -149,6 +149,18 @@ async fn starters_fail_solutions_pass_overgrants_fail() {
                 ex.id,
                 shown(&r)
             );
+            // Its advice names the binding that let the call through, from
+            // the API server's audit log of that very call.
+            assert!(
+                r.rows.iter().any(|g| g.row.actual == "allowed"
+                    && g.row.expected != "allowed"
+                    && g.advice.as_deref().is_some_and(
+                        |a| a.contains("audit log") && a.contains("Binding \"overgrant")
+                    )),
+                "{}: {what}: the advice names the over-granting binding\n{}",
+                ex.id,
+                shown(&r)
+            );
             *overgranted.entry(what).or_insert(0) += 1;
         }
     }

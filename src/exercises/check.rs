@@ -783,6 +783,9 @@ impl Grading<'_> {
                 &lp.allow_cluster_roles,
             ));
         }
+        // The authorizer's decision and reason for each call, from the
+        // audit log (the binding that let an over-granted call through).
+        self.cluster.cx.explain(&mut observed).await;
         let graded = oracle::grade(&self.def.tables(&self.file())?, observed);
         let mut out = Vec::new();
         for r in graded {
@@ -873,7 +876,14 @@ impl Grading<'_> {
             }));
         }
         let mut parts = Vec::new();
-        if r.actual == "allowed" && oracle::is_refusal(&r.expected) && !r.verb.is_empty() {
+        let audited = r.reason.as_deref().filter(|x| x.contains("allowed by"));
+        if r.actual == "allowed" && oracle::is_refusal(&r.expected) && audited.is_some() {
+            // The real call's reason, as the API server logged it.
+            let why = audited.unwrap_or_default().trim_start_matches("RBAC: ");
+            parts.push(format!(
+                "the API server's audit log says the call was {why}"
+            ));
+        } else if r.actual == "allowed" && oracle::is_refusal(&r.expected) && !r.verb.is_empty() {
             let (user, groups) = kit::sa_user(ns, sa);
             let attrs = ResourceAttributes {
                 verb: Some(r.verb.clone()),

@@ -123,27 +123,6 @@ fn claim_text(claims: &serde_json::Value, claim: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::claim_text;
-
-    #[test]
-    fn claims_as_text() {
-        let bound = serde_json::json!({
-            "aud": ["a", "b"], "iat": 10, "exp": 610,
-            "iss": "https://issuer",
-            "kubernetes.io": {"pod": {"name": "reporter"}},
-        });
-        assert_eq!(claim_text(&bound, "aud"), "a, b");
-        assert_eq!(claim_text(&bound, "ttl"), "600");
-        assert_eq!(claim_text(&bound, "iss"), "https://issuer");
-        assert_eq!(claim_text(&bound, "/kubernetes.io/pod/name"), "reporter");
-        let legacy = serde_json::json!({"iss": "kubernetes/serviceaccount"});
-        assert_eq!(claim_text(&legacy, "/kubernetes.io/pod/name"), "(none)");
-        assert_eq!(claim_text(&legacy, "exp"), "(none)");
-    }
-}
-
 /// A client that sends the token in `path` and nothing else, trusting the
 /// CA `check` passed (else the `ca.crt` next to the token, else the
 /// mounted one).
@@ -171,4 +150,25 @@ fn client_with_token(path: &str) -> anyhow::Result<Client> {
         .context("the token is not a header value")?;
     cfg.headers.push((http::header::AUTHORIZATION, value));
     Ok(Client::try_from(cfg)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_text;
+
+    #[test]
+    fn claims_as_text() {
+        let bound = serde_json::json!({
+            "aud": ["a", "b"], "iat": 10, "exp": 610,
+            "iss": "https://issuer",
+            "kubernetes.io": {"pod": {"name": "reporter"}},
+        });
+        assert_eq!(claim_text(&bound, "aud"), "a, b");
+        assert_eq!(claim_text(&bound, "ttl"), "600");
+        assert_eq!(claim_text(&bound, "iss"), "https://issuer");
+        assert_eq!(claim_text(&bound, "/kubernetes.io/pod/name"), "reporter");
+        let legacy = serde_json::json!({"iss": "kubernetes/serviceaccount"});
+        assert_eq!(claim_text(&legacy, "/kubernetes.io/pod/name"), "(none)");
+        assert_eq!(claim_text(&legacy, "exp"), "(none)");
+    }
 }

@@ -25,6 +25,7 @@ kit::chapter! { 7, "07-legacy-tokens", "Legacy Secret tokens";
     POD = "04-pod.yaml";
     exercises:
     RETIRE_LEGACY = "07-retire-legacy" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml", "token-secrets.yaml"],
+    MARK_INVALID = "07-mark-invalid" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml", "token-secret.yaml"],
     PREDICT = "07-predict" => ["predictions.yaml"],
 }
 

@@ -13,10 +13,13 @@
 //!    verdict and nothing was applied. Then for real, labelled
 //!    `sa-lab.dev/exercise=<id>`.
 //! 4. `check` waits until the authorizer has seen every RBAC change (a
-//!    sentinel grant applied after them becomes visible), then runs the
-//!    probe Pods as the resulting ServiceAccounts.
+//!    sentinel grant applied after them becomes visible) and until the
+//!    token controller has filled every legacy token Secret applied, then
+//!    runs the probe Pods as the resulting ServiceAccounts.
 //! 5. The rows are graded by the chapters' oracle (twin rule included),
-//!    with the least-privilege rows and advice for every failed row.
+//!    with the least-privilege rows and advice for every failed row. An
+//!    audit row runs `sa-lab audit`'s rules on the cluster as it is then
+//!    (as the admin) and keeps the findings about the exercise's namespace.
 //! 6. Whatever it applied is removed: also when it fails, errs or is
 //!    interrupted (Ctrl-C).
 

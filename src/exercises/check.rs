@@ -969,7 +969,7 @@ impl Grading<'_> {
 const LEGACY_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 
 /// An audit row: `none`, or the findings about `ns` at the row's level or
-/// worse (`SA001 default has rights (high)`), each with its evidence in
+/// worse (`SA001 default-sa-rights (high)`), each with its evidence in
 /// the message.
 fn audit_row(id: &str, found: &[crate::risks::Finding], ns: &str, spec: &AuditSpec) -> Row {
     let level = spec.level().unwrap_or(crate::risks::Severity::Low);

@@ -13,10 +13,13 @@
 //!    verdict and nothing was applied. Then for real, labelled
 //!    `sa-lab.dev/exercise=<id>`.
 //! 4. `check` waits until the authorizer has seen every RBAC change (a
-//!    sentinel grant applied after them becomes visible), then runs the
-//!    probe Pods as the resulting ServiceAccounts.
+//!    sentinel grant applied after them becomes visible) and until the
+//!    token controller has filled every legacy token Secret applied, then
+//!    runs the probe Pods as the resulting ServiceAccounts.
 //! 5. The rows are graded by the chapters' oracle (twin rule included),
-//!    with the least-privilege rows and advice for every failed row.
+//!    with the least-privilege rows and advice for every failed row. An
+//!    audit row runs `sa-lab audit`'s rules on the cluster as it is then
+//!    (as the admin) and keeps the findings about the exercise's namespace.
 //! 6. Whatever it applied is removed: also when it fails, errs or is
 //!    interrupted (Ctrl-C).
 
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::ResourceAttributes;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
     ValidationDirective,
@@ -34,7 +37,7 @@ use kube::{Client, ResourceExt as _};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::def::{Definition, Kind, Observe, PROBE_PROGRAM, ProbePod, Program, RowSpec};
+use super::def::{AuditSpec, Definition, Kind, Observe, PROBE_PROGRAM, ProbePod, Program, RowSpec};
 use super::input::{self, EXERCISE_LABEL, InputError, LearnerObject, RESERVED_PREFIX};
 use super::{Exercise, lint, predict, rust};
 use crate::chapters::kit::{self, LabRun, RunContext, probe_row, row, service_account_of};
@@ -367,6 +370,7 @@ impl Grading<'_> {
             }
         }
         self.sync_rbac().await?;
+        self.legacy_tokens_filled().await?;
         let runs = self.run_pods().await?;
         self.rows(&runs).await
     }
@@ -763,7 +767,17 @@ impl Grading<'_> {
     async fn rows(&self, runs: &[PodRun]) -> Result<Vec<GradedRow>, CheckError> {
         let mut observed = Vec::new();
         let mut accounts = Vec::new();
+        let mut audit = None;
         for spec in &self.def.rows {
+            if let Observe::Audit(a) = spec.observe() {
+                if audit.is_none() {
+                    audit = Some(self.audit().await?);
+                }
+                let found = audit.as_deref().unwrap_or_default();
+                observed.push(audit_row(&spec.id, found, &self.def.namespaces[0], a));
+                accounts.push((String::new(), String::new()));
+                continue;
+            }
             let (i, p) = self
                 .def
                 .pods
@@ -810,6 +824,38 @@ impl Grading<'_> {
         Ok(out)
     }
 
+    /// What `sa-lab audit` finds on the cluster now (as the admin; the
+    /// authorizer is not asked to confirm).
+    async fn audit(&self) -> Result<Vec<crate::risks::Finding>, CheckError> {
+        let (snapshot, _) = crate::risks::collect(&self.client())
+            .await
+            .map_err(|e| chapters::Error::Unexpected(crate::ui::error_chain(&e)))?;
+        Ok(crate::risks::analyse(&snapshot))
+    }
+
+    /// Wait (a watch) until the token controller has filled every legacy
+    /// token Secret of the learner's, as a Pod that mounts one expects.
+    async fn legacy_tokens_filled(&self) -> Result<(), CheckError> {
+        for o in self
+            .objects
+            .iter()
+            .filter(|o| o.kind() == "Secret" && o.obj["type"] == LEGACY_TOKEN_TYPE)
+        {
+            let ns = o.namespace().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(self.client(), ns);
+            let filled = |s: Option<&Secret>| {
+                s.and_then(|s| s.data.as_ref())
+                    .is_some_and(|d| d.get("token").is_some_and(|t| !t.0.is_empty()))
+            };
+            let what = format!(
+                "Secret {ns}/{} was not filled (is the serviceaccount-token controller running?)",
+                o.name()
+            );
+            kit::await_object(&api, o.name(), filled, self.cluster.cx.timeout, &what).await?;
+        }
+        Ok(())
+    }
+
     /// A row as observed in its Pod, and who the Pod ran as.
     fn observe(&self, spec: &RowSpec, p: &ProbePod, run: &PodRun) -> (Row, (String, String)) {
         let ns = p.namespace(self.def).to_string();
@@ -845,7 +891,7 @@ impl Grading<'_> {
                     Observe::Request(_) => probe_row(&spec.id, &subject, report.row(&spec.id)),
                     Observe::Report(id) => probe_row(&spec.id, &subject, report.row(id)),
                     Observe::Fact(key) => row(&spec.id, &subject, fact(key), ""),
-                    Observe::Whoami | Observe::File(_) | Observe::Claim(_) => {
+                    Observe::Whoami | Observe::File(_) | Observe::Claim(_) | Observe::Audit(_) => {
                         row(&spec.id, &subject, fact(&spec.id), "")
                     }
                 }
@@ -869,6 +915,16 @@ impl Grading<'_> {
         account: &(String, String),
     ) -> Result<Option<String>, CheckError> {
         let (ns, sa) = account;
+        if spec.audit.is_some() {
+            let own = spec.advice.as_deref().map(str::trim);
+            return Ok(Some(own.map_or_else(
+                || {
+                    "each finding names its evidence and its fix (`sa-lab audit` shows the same)"
+                        .to_string()
+                },
+                str::to_string,
+            )));
+        }
         if r.actual == r.expected {
             // It failed by its twin (or the authorizer): the fix is there.
             return Ok(r.twin.as_ref().map(|t| {
@@ -917,6 +973,39 @@ impl Grading<'_> {
             .collect();
         Ok((!sentences.is_empty()).then(|| sentences.join(". ")))
     }
+}
+
+/// The type of a legacy token Secret, filled by the token controller.
+const LEGACY_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+
+/// An audit row: `none`, or the findings about `ns` at the row's level or
+/// worse (`SA001 default-sa-rights (high)`), each with its evidence in
+/// the message.
+fn audit_row(id: &str, found: &[crate::risks::Finding], ns: &str, spec: &AuditSpec) -> Row {
+    let level = spec.level().unwrap_or(crate::risks::Severity::Low);
+    let about = crate::risks::about_namespace(found, ns, level);
+    let actual = if about.is_empty() {
+        super::def::NONE_FOUND.to_string()
+    } else {
+        about
+            .iter()
+            .map(|f| format!("{} {} ({})", f.rule.id(), f.name, f.severity))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let message = about
+        .iter()
+        .map(|f| {
+            let e = &f.evidence;
+            let chain: Vec<&str> = [e.subject.as_str(), &e.object, &e.binding, &e.role, &e.rule]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect();
+            format!("{}: {}; fix: {}", f.rule.id(), chain.join(" → "), f.fix)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    row(id, "sa-lab audit", actual, message)
 }
 
 /// The API server refused the object as written: a 4xx, or the 500 that

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::Exercise;
 use crate::chapters::oracle::{self, Expect, ExpectedRow, ExpectedTable, OracleError};
+use crate::risks::Severity;
 use lab_kit::ask;
 
 /// The kinds an exercise may accept from the learner (and `check` knows
@@ -185,6 +186,10 @@ pub struct RowSpec {
     /// A fact of the learner's program's report (Rust exercises).
     #[serde(default)]
     pub fact: Option<String>,
+    /// What `sa-lab audit` finds about the exercise's first namespace,
+    /// read by check (as the admin) once the Pods ran: no `pod`.
+    #[serde(default)]
+    pub audit: Option<AuditSpec>,
     /// The value it must have.
     pub expect: String,
     /// For a refusal: the allowed row that is the same call with one
@@ -226,6 +231,27 @@ pub struct RequestSpec {
     /// Send it with the token in this file instead of the mounted one.
     #[serde(default)]
     pub token: Option<String>,
+    /// The body of a create that needs one (a TokenRequest, a
+    /// TokenReview), as YAML.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+/// An audit row: the findings of `sa-lab audit` about the exercise's
+/// first namespace, at a severity or worse (`none`, or each one's rule,
+/// name and severity).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// The least severity that counts: low, medium, high or critical.
+    pub at_least: String,
+}
+
+impl AuditSpec {
+    /// [`AuditSpec::at_least`] as a severity.
+    pub fn level(&self) -> Option<Severity> {
+        <Severity as clap::ValueEnum>::from_str(&self.at_least, true).ok()
+    }
 }
 
 /// A claim of a token file.
@@ -234,7 +260,8 @@ pub struct RequestSpec {
 pub struct ClaimSpec {
     /// The token file in the Pod.
     pub path: String,
-    /// `aud`, `ttl` (exp - iat), or any claim name.
+    /// `aud`, `ttl` (exp - iat), a JSON pointer into the claims
+    /// (`/kubernetes.io/pod/name`), or any claim name.
     pub claim: String,
 }
 
@@ -253,6 +280,8 @@ pub enum Observe<'a> {
     Report(&'a str),
     /// A fact of the learner's program's report.
     Fact(&'a str),
+    /// What `sa-lab audit` finds.
+    Audit(&'a AuditSpec),
 }
 
 /// An exercise's definition is not usable.
@@ -293,6 +322,8 @@ impl RowSpec {
             Observe::Report(r)
         } else if let Some(f) = &self.fact {
             Observe::Fact(f)
+        } else if let Some(a) = &self.audit {
+            Observe::Audit(a)
         } else {
             Observe::Whoami
         }
@@ -306,6 +337,7 @@ impl RowSpec {
             self.claim.is_some(),
             self.report.is_some(),
             self.fact.is_some(),
+            self.audit.is_some(),
         ]
         .into_iter()
         .filter(|b| *b)
@@ -354,8 +386,11 @@ impl Definition {
         Ok(def)
     }
 
-    /// The Pod a row observes in.
+    /// The Pod a row observes in (none for an audit row).
     pub fn pod_of(&self, row: &RowSpec) -> Option<&ProbePod> {
+        if row.audit.is_some() {
+            return None;
+        }
         match &row.pod {
             Some(name) => self.pods.iter().find(|p| &p.name == name),
             None => self.pods.first(),
@@ -381,6 +416,7 @@ impl Definition {
                                 .clone()
                                 .unwrap_or_else(|| pod.namespace(self).to_string()),
                             name: q.name.clone(),
+                            body: q.body.clone(),
                         },
                         token: q.token.clone(),
                     },
@@ -390,7 +426,7 @@ impl Definition {
                         path: c.path.clone(),
                         claim: c.claim.clone(),
                     },
-                    Observe::Report(_) | Observe::Fact(_) => return None,
+                    Observe::Report(_) | Observe::Fact(_) | Observe::Audit(_) => return None,
                 };
                 Some(ask::Ask {
                     id: r.id.clone(),
@@ -521,9 +557,20 @@ impl Definition {
         for r in &self.rows {
             if r.observations() != 1 {
                 return Err(bad(format!(
-                    "row {} must observe exactly one of request, whoami, file, claim, report, fact",
+                    "row {} must observe exactly one of request, whoami, file, claim, report, fact, \
+                     audit",
                     r.id
                 )));
+            }
+            if let Some(a) = &r.audit {
+                if r.pod.is_some() || a.level().is_none() {
+                    return Err(bad(format!(
+                        "row {}: an audit row names no pod, and at_least is low, medium, high \
+                         or critical",
+                        r.id
+                    )));
+                }
+                continue;
             }
             let Some(pod) = self.pod_of(r) else {
                 return Err(bad(format!("row {} names no pod of the exercise", r.id)));
@@ -564,7 +611,10 @@ impl Definition {
     pub fn rows_markdown(&self) -> String {
         let mut out = String::from("| check | as | must be |\n|---|---|---|\n");
         for r in &self.rows {
-            let who = self.pod_of(r).map(ProbePod::subject).unwrap_or_default();
+            let who = match self.pod_of(r) {
+                Some(p) => p.subject(),
+                None => "`sa-lab audit`".into(),
+            };
             out.push_str(&format!(
                 "| {} | {who} | {} |\n",
                 r.check,
@@ -673,6 +723,67 @@ starter_fails: [a]
             e.contains("b is expected forbidden but names no allowed twin"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn audit_rows_and_request_bodies() {
+        const YAML: &str = r#"
+title: t
+kind: find
+namespaces: [shop]
+accepts: [ServiceAccount, Role, RoleBinding]
+pods: [{name: p, service_account: broker}]
+rows:
+- id: mint
+  check: mint a token for worker
+  request:
+    verb: create
+    resource: serviceaccounts
+    subresource: token
+    name: worker
+    body: {apiVersion: authentication.k8s.io/v1, kind: TokenRequest, spec: {}}
+  expect: allowed
+- {id: clean, check: findings, audit: {at_least: high}, expect: none}
+hints: [x, y]
+starter_fails: [clean]
+"#;
+        let ex = Exercise {
+            id: "03-test",
+            chapter: "03-rolebinding",
+            definition: YAML,
+            readme: "",
+            files: &[],
+        };
+        let d = ex.def().unwrap();
+        assert_eq!(
+            d.rows[1].audit.as_ref().unwrap().level(),
+            Some(Severity::High)
+        );
+        assert!(d.pod_of(&d.rows[1]).is_none());
+        // Only the request goes to the Pod, with its body.
+        let asks = d.asks(&d.pods[0]);
+        assert_eq!(asks.len(), 1);
+        let ask::What::Request { request, .. } = &asks[0].what else {
+            panic!("{asks:?}")
+        };
+        assert_eq!(request.body.as_ref().unwrap()["kind"], "TokenRequest");
+        assert_eq!(
+            request.probe("mint", "p").path(),
+            "/api/v1/namespaces/shop/serviceaccounts/worker/token?dryRun=All"
+        );
+        assert!(
+            d.rows_markdown()
+                .contains("| findings | `sa-lab audit` | `none` |")
+        );
+
+        let bad = |from: &str, to: &str| Exercise {
+            definition: Box::leak(YAML.replace(from, to).into_boxed_str()),
+            ..ex
+        };
+        let e = bad("at_least: high", "at_least: severe").def().unwrap_err();
+        assert!(e.to_string().contains("at_least is low, medium"), "{e}");
+        let e = bad("audit: {", "pod: p, audit: {").def().unwrap_err();
+        assert!(e.to_string().contains("an audit row names no pod"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 
-pub use rules::{Finding, Rule, Severity, Snapshot, analyse};
+pub use rules::{Finding, Rule, Severity, Snapshot, about_namespace, analyse};
 
 /// The ClusterRole enough to run the audit (everything but the legacy
 /// token rule, which needs `list secrets`).

@@ -583,6 +583,23 @@ pub fn analyse(s: &Snapshot) -> Vec<Finding> {
     found
 }
 
+/// The findings about namespace `ns` at `level` or worse (info never
+/// counts): those in it, and cluster-wide ones whose subject is one of
+/// its ServiceAccounts or the group of them all.
+pub fn about_namespace<'a>(findings: &'a [Finding], ns: &str, level: Severity) -> Vec<&'a Finding> {
+    let own_sa = format!("serviceaccount {ns}/");
+    let own_group = format!("group system:serviceaccounts:{ns}");
+    findings
+        .iter()
+        .filter(|f| f.severity >= level && f.severity > Severity::Info)
+        .filter(|f| {
+            f.scope == ns
+                || f.evidence.subject.starts_with(&own_sa)
+                || f.evidence.subject == own_group
+        })
+        .collect()
+}
+
 /// A user the API server would put in `group`, to ask the authorizer about
 /// the group's rights.
 fn crowd_member(group: &str) -> (String, Vec<String>) {
@@ -908,6 +925,49 @@ mod tests {
             flagged(&found, Rule::CreateWorkloads, "p/app"),
             Some(Severity::Critical)
         );
+    }
+
+    #[test]
+    fn findings_about_one_namespace() {
+        let s = Snapshot {
+            roles: vec![
+                role("shop", "cm", vec![rule(&[""], &["configmaps"], &["get"])]),
+                role("other", "cm", vec![rule(&[""], &["configmaps"], &["get"])]),
+            ],
+            cluster_roles: vec![ClusterRole {
+                metadata: meta(None, "secrets"),
+                rules: Some(vec![rule(&[""], &["secrets"], &["list"])]),
+                ..Default::default()
+            }],
+            role_bindings: vec![
+                rb("shop", "a", "cm", vec![sa("shop", "default")]),
+                rb("other", "b", "cm", vec![sa("other", "default")]),
+            ],
+            cluster_role_bindings: vec![ClusterRoleBinding {
+                metadata: meta(None, "c"),
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "ClusterRole".into(),
+                    name: "secrets".into(),
+                },
+                subjects: Some(vec![sa("shop", "backup")]),
+            }],
+            ..Default::default()
+        };
+        let found = analyse(&s);
+        let shop = about_namespace(&found, "shop", Severity::High);
+        let rules: BTreeSet<_> = shop.iter().map(|f| f.rule).collect();
+        assert_eq!(
+            rules,
+            BTreeSet::from([Rule::DefaultServiceAccount, Rule::ReadSecrets]),
+            "{shop:#?}"
+        );
+        assert!(
+            about_namespace(&found, "shop", Severity::Critical)
+                .iter()
+                .all(|f| f.rule == Rule::ReadSecrets)
+        );
+        assert!(about_namespace(&found, "third", Severity::Low).is_empty());
     }
 
     #[test]

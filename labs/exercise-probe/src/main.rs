@@ -93,12 +93,19 @@ fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
     let token =
         std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let claims = lab_kit::jwt::decode_payload(&token)?;
+    Ok(claim_text(&claims, claim))
+}
+
+/// Claim `claim` of `claims` as text: `aud` as its values joined by `, `,
+/// `ttl` as `exp - iat`, a JSON pointer (`/kubernetes.io/pod/name`) as
+/// what it points at, any other claim as written; `(none)` if missing.
+fn claim_text(claims: &serde_json::Value, claim: &str) -> String {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "(none)".into(),
         v => v.to_string(),
     };
-    Ok(match claim {
+    match claim {
         "aud" => match &claims["aud"] {
             serde_json::Value::Array(a) => {
                 a.iter().map(text).collect::<Vec<_>>().join(", ")
@@ -109,8 +116,11 @@ fn read_claim(path: &str, claim: &str) -> anyhow::Result<String> {
             let secs = |k: &str| claims[k].as_i64().unwrap_or(0);
             (secs("exp") - secs("iat")).to_string()
         }
+        pointer if pointer.starts_with('/') => {
+            text(claims.pointer(pointer).unwrap_or(&serde_json::Value::Null))
+        }
         other => text(&claims[other]),
-    })
+    }
 }
 
 /// A client that sends the token in `path` and nothing else, trusting the
@@ -140,4 +150,25 @@ fn client_with_token(path: &str) -> anyhow::Result<Client> {
         .context("the token is not a header value")?;
     cfg.headers.push((http::header::AUTHORIZATION, value));
     Ok(Client::try_from(cfg)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_text;
+
+    #[test]
+    fn claims_as_text() {
+        let bound = serde_json::json!({
+            "aud": ["a", "b"], "iat": 10, "exp": 610,
+            "iss": "https://issuer",
+            "kubernetes.io": {"pod": {"name": "reporter"}},
+        });
+        assert_eq!(claim_text(&bound, "aud"), "a, b");
+        assert_eq!(claim_text(&bound, "ttl"), "600");
+        assert_eq!(claim_text(&bound, "iss"), "https://issuer");
+        assert_eq!(claim_text(&bound, "/kubernetes.io/pod/name"), "reporter");
+        let legacy = serde_json::json!({"iss": "kubernetes/serviceaccount"});
+        assert_eq!(claim_text(&legacy, "/kubernetes.io/pod/name"), "(none)");
+        assert_eq!(claim_text(&legacy, "exp"), "(none)");
+    }
 }

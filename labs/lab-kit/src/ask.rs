@@ -56,7 +56,9 @@ pub enum What {
         path: String,
     },
     /// A claim of the JWT in `path` (fact: `aud` as its values joined by
-    /// `, `, `ttl` as `exp - iat` in seconds, any other claim as written).
+    /// `, `, `ttl` as `exp - iat` in seconds, a JSON pointer such as
+    /// `/kubernetes.io/pod/name` as what it points at, any other claim as
+    /// written).
     Claim {
         /// The token file.
         path: String,
@@ -87,6 +89,10 @@ pub struct Request {
     /// Object name; [`SELF_NAME`] is the Pod's own.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The body of a create (a TokenRequest, a TokenReview...), sent as
+    /// JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
 }
 
 impl Request {
@@ -102,11 +108,15 @@ impl Request {
         } else {
             &self.name
         };
-        Probe::new(id, &self.verb, &self.resource)
+        let probe = Probe::new(id, &self.verb, &self.resource)
             .group(&self.group, version)
             .ns(&self.namespace)
             .name(name)
-            .subresource(&self.subresource)
+            .subresource(&self.subresource);
+        match &self.body {
+            Some(b) => probe.body(b.clone()),
+            None => probe,
+        }
     }
 }
 

@@ -197,7 +197,14 @@ impl Probe {
         }
         p.push('/');
         p.push_str(&self.resource);
-        if !self.name.is_empty() && self.verb != "list" && self.verb != "create" {
+        // A create names its object in the body, except on a subresource
+        // of an existing one (`serviceaccounts/<name>/token`).
+        let named = match self.verb.as_str() {
+            "list" => false,
+            "create" => !self.subresource.is_empty(),
+            _ => true,
+        };
+        if !self.name.is_empty() && named {
             p.push('/');
             p.push_str(&self.name);
         }
@@ -409,6 +416,14 @@ mod tests {
         assert_eq!(p.path(), "/api/v1/namespaces/p/pods/x?dryRun=All");
         let p = Probe::new("f", "list", "namespaces");
         assert_eq!(p.path(), "/api/v1/namespaces");
+        let p = Probe::new("g", "create", "serviceaccounts")
+            .ns("p")
+            .name("worker")
+            .subresource("token");
+        assert_eq!(
+            p.path(),
+            "/api/v1/namespaces/p/serviceaccounts/worker/token?dryRun=All"
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ state_dir() {
   fi
 }
 
+# $SA_LAB_CACHE, else $XDG_CACHE_HOME/sa-lab, else ~/.cache/sa-lab: builds
+# cached per version (Kubernetes, kind, the kind node image's parts).
+cache_root() { printf '%s\n' "${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}"; }
+
 cluster_dir() { printf '%s/clusters/%s\n' "$(state_dir)" "$1"; }
 logs_dir() { printf '%s/logs/kind-%s\n' "$(state_dir)" "$1"; }
 

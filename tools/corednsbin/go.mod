@@ -2,9 +2,8 @@ module sa-lab.invalid/corednsbin
 
 go 1.26.0
 
-require github.com/coredns/coredns v1.14.6
-
 require (
+	github.com/coredns/coredns v1.14.6
 	github.com/apparentlymart/go-cidr v1.1.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect

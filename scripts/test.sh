@@ -47,7 +47,7 @@ main() {
   if [[ "${SA_LAB_PROVIDER:-local}" == "kind" ]]; then
     log "Tests on kind (cluster ${SA_LAB_KIND_CLUSTER:-sa-lab-kind}; chapters share it, so one at a time)"
     cargo test --workspace --locked --lib --bins
-    cargo test -p sa-lab-e2e --locked --test book --test manifests --test provider \
+    cargo test -p sa-lab-e2e --locked --test book --test manifests --test kind_scripts --test provider \
       --test chapter_01 --test chapter_02 --test chapter_03 --test chapter_04 \
       --test chapter_05 "$@" -- --test-threads=1
     return

@@ -120,7 +120,11 @@ cidr_overlap() {
 host_ipv4_ranges() {
   local skip="$1" dest dev rest
   while read -r dest rest; do
-    [[ "${dest}" != default ]] || continue
+    # A typed route (unreachable, blackhole, prohibit, ...) names its range second.
+    if [[ ! "${dest}" =~ ^[0-9] && "${dest}" != default ]]; then
+      read -r dest rest <<<"${rest} (${dest})"
+    fi
+    [[ "${dest}" =~ ^[0-9.]+(/[0-9]+)?$ ]] || continue
     dev="$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<" ${rest}")"
     [[ -z "${skip}" || "${dev}" != "${skip}" ]] || continue
     printf '%s route %s %s\n' "${dest}" "${dest}" "${rest}"
@@ -239,6 +243,37 @@ check_no_way_out() {
       "its network must be internal: scripts/kind-down.sh --name ${name}, then kind-up again"
   fi
   ok "the node has no route off its network (no default route, none to the host's resolver ${resolver:-})"
+}
+
+# pod_connect NAME ADDR PORT: from the network namespace of the CoreDNS Pod
+# (a Pod like any lab Pod: bridge CNI, default route via the node), opens a
+# TCP connection; prints "connected" or the error.
+pod_connect() {
+  # shellcheck disable=SC2016 # expanded by the node's bash
+  podman exec "$1-control-plane" bash -c '
+    pod="$(crictl pods --name coredns --state ready -q | head -n1)"
+    [ -n "${pod}" ] || { echo "no ready CoreDNS Pod"; exit 0; }
+    ns="$(crictl inspectp "${pod}" | jq -r ".info.runtimeSpec.linux.namespaces[] | select(.type == \"network\") | .path")"
+    nsenter --net="${ns}" timeout 3 bash -c "exec 3<>/dev/tcp/\$0/\$1" "$0" "$1" 2>&1 && echo connected || true
+  ' "$2" "$3" | tail -n1
+}
+
+# check_pod_no_way_out NAME: a Pod reaches the API server through the
+# kubernetes Service (the first address of serviceSubnet), and not the
+# host's resolver (off the node's network).
+check_pod_no_way_out() {
+  local name="$1" resolver out service api
+  service="$(config_subnet "${REPO_ROOT}/kind/cluster-local.yaml" serviceSubnet)"
+  api="$(int_to_ip4 $(($(ip4_to_int "${service%/*}") + 1)))"
+  out="$(pod_connect "${name}" "${api}" 443)"
+  [[ "${out}" == connected ]] ||
+    die "a Pod cannot reach the API server at the kubernetes Service ${api}:443: ${out}"
+  resolver="$(sed -n 's/^[[:space:]]*nameserver[[:space:]]*\([0-9.]*\)[[:space:]]*$/\1/p' /etc/resolv.conf | head -n1)"
+  [[ -n "${resolver}" ]] || return 0
+  out="$(pod_connect "${name}" "${resolver}" 53)"
+  [[ "${out}" != connected ]] ||
+    die "a Pod connected to the host's resolver ${resolver}:53: traffic leaves the node's network"
+  ok "a Pod reaches the API server's Service, and not the host's resolver ${resolver}:53 (${out:-no answer in 3 s})"
 }
 
 # remove_node_network NAME: removes the node's podman network if it is ours.

@@ -312,6 +312,7 @@ main() {
   if [[ "${node_image}" == "local" ]]; then
     check_no_way_out "${name}"
     apply_coredns "${name}"
+    check_pod_no_way_out "${name}"
   fi
   wait_ready "${name}"
   if [[ "${skip_image}" -eq 0 ]]; then

@@ -50,11 +50,19 @@ fn network_check_refuses_a_node_network_on_a_host_address() {
 
 #[test]
 fn network_check_refuses_overlapping_cluster_ranges() {
-    // Inside kind/cluster-local.yaml's podSubnet (10.244.0.0/16).
-    let out = check_networks("10.244.7.0/24");
+    // A /24 inside kind/cluster-local.yaml's podSubnet.
+    let config = read("kind/cluster-local.yaml");
+    let pod = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("podSubnet:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("podSubnet");
+    let octets: Vec<&str> = pod.split(['.', '/']).collect();
+    let inside = format!("{}.{}.7.0/24", octets[0], octets[1]);
+    let out = check_networks(&inside);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted a node network inside the Pod network: {err}");
-    assert!(err.contains("overlaps the node network 10.244.7.0/24"), "{err}");
+    assert!(err.contains(&format!("overlaps the node network {inside}")), "{err}");
 }
 
 #[test]

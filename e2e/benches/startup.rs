@@ -5,10 +5,14 @@
 //!   a graceful delete (the program handles SIGTERM) to the Pod gone, and
 //!   the interval between the node's Lease renewals.
 //!
+//! With `SA_LAB_BENCH_KIND=<cluster>`, only Pod create to `Succeeded`, on
+//! that kind cluster (made by `scripts/kind-up.sh`, lab image loaded): the
+//! kubelet's figure beside the sandbox node's.
+//!
 //! These are the timings the e2e tests do not assert (they assert what
 //! happens, not how fast). Run through `scripts/bench.sh` (which also times
-//! `sa-lab tour`), or `cargo bench -p sa-lab-e2e --bench startup --
-//! [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
+//! `sa-lab tour` and kind's create -> ready), or `cargo bench -p sa-lab-e2e
+//! --bench startup -- [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
 
 use std::time::{Duration, Instant};
 
@@ -133,30 +137,9 @@ fn toolbox_pod(name: &str, args: &[&str]) -> Pod {
     .unwrap()
 }
 
-/// The sandbox node's timings on one cluster: Pod start-up, graceful delete,
-/// Lease renewal interval.
-async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
-    let name = format!("bench-pods-{}", std::process::id());
-    let info = local::up(&UpOptions {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("up");
-    let client = info.client().await.expect("client");
-    let ns = "bench";
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .expect("namespace");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // The namespace's default ServiceAccount (created by the KCM).
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
-
+/// Creates `pod_runs` trivial lab Pods one after another in `pods`'
+/// namespace and prints the median and p95 of create -> `Succeeded`.
+async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
     let mut times = Vec::new();
     for i in 0..pod_runs {
         let pod_name = format!("trivial-{i}");
@@ -191,10 +174,62 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
         }
     }
     println!(
-        "Pod create -> Succeeded (trivial lab Pod), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
+        "Pod create -> Succeeded (trivial lab Pod, {what}), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
         median(&mut times.clone()),
         percentile(&mut times, 95.0)
     );
+}
+
+/// Pod create -> `Succeeded` on kind cluster `cluster`, in a namespace of
+/// its own that is deleted afterwards.
+async fn bench_pods_kind(cluster: &str, pod_runs: usize) {
+    use sa_lab::provider::{self, ClientOptions, Provider};
+    let conn = provider::client(Provider::Kind, &ClientOptions::new(cluster))
+        .await
+        .expect("kind cluster client (run scripts/kind-up.sh first)");
+    let ns = format!("bench-{}", std::process::id());
+    let nss: Api<Namespace> = Api::all(conn.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(conn.client.clone(), &ns);
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+    let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &ns);
+    time_pods(&pods, pod_runs, "kind").await;
+    nss.delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+}
+
+/// The sandbox node's timings on one cluster: Pod start-up, graceful delete,
+/// Lease renewal interval.
+async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
+    let name = format!("bench-pods-{}", std::process::id());
+    let info = local::up(&UpOptions {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("up");
+    let client = info.client().await.expect("client");
+    let ns = "bench";
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // The namespace's default ServiceAccount (created by the KCM).
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+
+    time_pods(&pods, pod_runs, "sandbox node").await;
 
     // Graceful delete of a Pod whose program exits on SIGTERM (grace 30 s).
     let mut deletes = Vec::new();
@@ -289,7 +324,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        bench_up(up_runs).await;
-        bench_node(pod_runs, delete_runs, lease_renewals).await;
+        match std::env::var("SA_LAB_BENCH_KIND") {
+            Ok(cluster) if !cluster.is_empty() => bench_pods_kind(&cluster, pod_runs).await,
+            _ => {
+                bench_up(up_runs).await;
+                bench_node(pod_runs, delete_runs, lease_renewals).await;
+            }
+        }
     });
 }

@@ -98,14 +98,8 @@ image_ref() {
 
 # need_debian_tools: mmdebstrap and umoci, installed with apt-get when root.
 need_debian_tools() {
-  local want=() tool
-  for tool in mmdebstrap umoci; do
-    command -v "${tool}" >/dev/null 2>&1 || want+=("${tool}")
-  done
-  [[ ${#want[@]} -gt 0 ]] || return 0
-  apt_get_install "${want[@]}" ||
-    die "missing ${want[*]}: the node image is built from Debian packages with them" \
-      "install them as root: apt-get install ${want[*]}"
+  require_debian_packages "the node image is built from Debian's packages with them" \
+    mmdebstrap=mmdebstrap umoci=umoci
 }
 
 # The kind module's directory in the Go module cache (downloaded if needed).

@@ -52,17 +52,9 @@ ensure_podman() {
     die "the local node image runs under rootful podman: run this as root" \
       "(kind's nodes are privileged containers; rootless podman on cgroup v1 cannot run them)" \
       "with Docker instead: scripts/kind-up.sh --node-image upstream"
-  local want=() tool
-  for tool in podman runc netavark conmon; do
-    command -v "${tool}" >/dev/null 2>&1 || [[ -x "/usr/lib/podman/${tool}" ]] || want+=("${tool}")
-  done
-  if [[ ${#want[@]} -gt 0 ]]; then
-    apt_get_install podman runc netavark aardvark-dns conmon ||
-      die "podman is needed for the local node image and could not be installed (missing: ${want[*]})" \
-        "install Debian's packages: apt-get install podman runc netavark aardvark-dns conmon" \
-        "or use Docker with the upstream node image: scripts/kind-up.sh --node-image upstream"
-    ok "installed podman, runc and netavark (Debian packages)"
-  fi
+  # netavark and conmon live in /usr/lib/podman, off PATH.
+  require_debian_packages "kind runs the local node image under podman (or use Docker: --node-image upstream)" \
+    podman=podman,conmon runc=runc /usr/lib/podman/netavark=netavark,aardvark-dns
   local err
   err="$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}}' 2>&1)" ||
     die "podman does not answer with kind/containers.conf" "podman info said: ${err//$'\n'/ }"
@@ -254,7 +246,7 @@ pod_connect() {
     pod="$(crictl pods --name coredns --state ready -q | head -n1)"
     [ -n "${pod}" ] || { echo "no ready CoreDNS Pod"; exit 0; }
     ns="$(crictl inspectp "${pod}" | jq -r ".info.runtimeSpec.linux.namespaces[] | select(.type == \"network\") | .path")"
-    nsenter --net="${ns}" timeout 3 bash -c "exec 3<>/dev/tcp/\$0/\$1" "$0" "$1" 2>&1 && echo connected || true
+    nsenter --net="${ns}" timeout 3 bash -c "exec 3<>/dev/tcp/\$1/\$2" connect "$0" "$1" 2>&1 && echo connected || true
   ' "$2" "$3" | tail -n1
 }
 

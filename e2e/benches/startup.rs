@@ -183,10 +183,14 @@ async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
 /// Pod create -> `Succeeded` on kind cluster `cluster`, in a namespace of
 /// its own that is deleted afterwards.
 async fn bench_pods_kind(cluster: &str, pod_runs: usize) {
-    use sa_lab::provider::{self, ClientOptions, Provider};
-    let conn = provider::client(Provider::Kind, &ClientOptions::new(cluster))
-        .await
-        .expect("kind cluster client (run scripts/kind-up.sh first)");
+    use sa_lab::provider::{self, ConnectOptions, Provider};
+    let conn = provider::connect(&ConnectOptions {
+        provider: Some(Provider::Kind),
+        name: Some(cluster.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .expect("kind cluster (run scripts/kind-up.sh first)");
     let ns = format!("bench-{}", std::process::id());
     let nss: Api<Namespace> = Api::all(conn.client.clone());
     nss.create(

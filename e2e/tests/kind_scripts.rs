@@ -42,7 +42,8 @@ fn network_check_refuses_a_node_network_on_a_host_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted 127.0.0.0/24: {err}");
     assert!(
-        err.contains("node network 127.0.0.0/24") && err.contains("collides with the host's address 127.0.0.1"),
+        err.contains("node network 127.0.0.0/24")
+            && err.contains("collides with the host's address 127.0.0.1"),
         "the refusal names both ranges: {err}"
     );
     assert!(err.contains("nothing was created"), "{err}");
@@ -61,8 +62,14 @@ fn network_check_refuses_overlapping_cluster_ranges() {
     let inside = format!("{}.{}.7.0/24", octets[0], octets[1]);
     let out = check_networks(&inside);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "accepted a node network inside the Pod network: {err}");
-    assert!(err.contains(&format!("overlaps the node network {inside}")), "{err}");
+    assert!(
+        !out.status.success(),
+        "accepted a node network inside the Pod network: {err}"
+    );
+    assert!(
+        err.contains(&format!("overlaps the node network {inside}")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,7 +95,10 @@ fn local_node_config_matches_what_the_node_image_carries() {
         "podSubnet:",
         "serviceSubnet:",
     ] {
-        assert!(config.contains(needed), "kind/cluster-local.yaml lacks {needed:?}");
+        assert!(
+            config.contains(needed),
+            "kind/cluster-local.yaml lacks {needed:?}"
+        );
     }
     // The etcd kubeadm is told to run is the one tools/etcdbin builds.
     let etcd = read("tools/etcdbin/go.mod");

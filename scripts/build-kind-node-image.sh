@@ -419,6 +419,10 @@ remove_older() {
 }
 
 main() {
+  # The image's files get their modes from here, whoever calls (kind-up.sh
+  # runs under umask 077): non-root processes in the node and its images
+  # (CoreDNS, pause) must read them.
+  umask 022
   local print=0 rebuild=0
   while [[ $# -gt 0 ]]; do
     case "$1" in

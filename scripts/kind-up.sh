@@ -190,8 +190,10 @@ wait_ready() {
 load_image() {
   local name="$1" built tag
   tag="$("${REPO_ROOT}/scripts/build-lab-image.sh" --print-tag)"
-  # An OCI archive built here (its path), or an image in Docker's store (its tag).
-  built="$("${REPO_ROOT}/scripts/build-lab-image.sh")"
+  # An OCI archive built here (its path), or an image in Docker's store (its
+  # tag). Under the usual umask: this script's 077 would make the image's
+  # directories unreadable to the lab's non-root user (exit 127 in the Pod).
+  built="$(umask 022 && "${REPO_ROOT}/scripts/build-lab-image.sh")"
   if [[ -f "${built}" ]]; then
     log "loading ${tag} into kind cluster ${name} (kind load image-archive ${built})"
     "${KIND}" load image-archive "${built}" --name "${name}" >&2

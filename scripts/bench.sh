@@ -2,14 +2,17 @@
 # Benchmarks: medians over several runs, printed on stdout.
 #
 #   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
-#                    [KIND_RUNS=3]
+#                    [AUDIT_RUNS=3] [KIND_RUNS=3]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
-# 2. the sandbox node: Pod create to Succeeded for a trivial lab Pod (median
-#    and p95), a graceful delete to the Pod gone (the program exits on
-#    SIGTERM), and the interval between the node's Lease renewals;
-# 3. `sa-lab tour` wall time (bring-up, five chapters, tear-down);
-# 4. on kind, when it can run here (rootful podman for the locally built node
+# 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
+#    graceful delete to the Pod gone (the program exits on SIGTERM), and the
+#    interval between the node's Lease renewals;
+#    1 and 2 with the sandbox node, then (as root) with the kubelet node;
+# 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down);
+# 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000
+#    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory;
+# 5. on kind, when it can run here (rootful podman for the locally built node
 #    image, or Docker): `scripts/kind-up.sh` create -> ready with the node
 #    image cached (KIND_RUNS runs), then Pod create to Succeeded on that
 #    cluster (POD_RUNS runs). Where kind cannot run, it says why and skips.
@@ -83,10 +86,14 @@ bench_kind() {
 
 main() {
   local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
-  local delete_runs="${4:-5}" lease_renewals="${5:-3}" kind_runs="${6:-3}"
+  local delete_runs="${4:-5}" lease_renewals="${5:-3}" audit_runs="${6:-3}" kind_runs="${7:-3}"
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
+  if kubelet_node_possible; then
+    SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
+    export SA_LAB_NODE_BIN
+  fi
   SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
   export SA_LAB_HOME
   trap 'rm -rf "${SA_LAB_HOME}"' EXIT
@@ -106,6 +113,7 @@ main() {
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
     "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
 
+  cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench audit -- 200 "${audit_runs}"
   bench_kind "${kind_runs}" "${pod_runs}"
 }
 

@@ -44,11 +44,6 @@ readonly DEBIAN_SUITE="bookworm"
 readonly DEBIAN_PACKAGES="systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,ca-certificates,bash,procps,runc,jq"
 readonly NODE_CONFIG="${REPO_ROOT}/kind/cluster-local.yaml"
 
-# The version of module $2 required by tools/$1/go.mod.
-module_version() {
-  sed -n "s|^\s*$2 \(v[0-9.]*\).*\$|\1|p" "${REPO_ROOT}/tools/$1/go.mod" | head -n1
-}
-
 kind_version() { module_version kindbin sigs.k8s.io/kind; }
 k8s_version() { module_version k8sbin k8s.io/kubernetes; }
 etcd_version() { module_version etcdbin go.etcd.io/etcd/server/v3; }
@@ -85,7 +80,7 @@ key_inputs() {
     "${DEBIAN_SUITE}" "${DEBIAN_PACKAGES}"
   local f
   for f in tools/containerdbin/go.mod tools/cnibin/go.mod tools/critools/go.mod \
-    tools/corednsbin/main.go kind/node/10-sa-lab.conflist scripts/build-kind-node-image.sh; do
+    tools/corednsbin/main.go kind/node/10-sa-lab.conflist scripts/build-kind-node-image.sh scripts/lib.sh; do
     [[ -f "${REPO_ROOT}/${f}" ]] || continue
     printf '%s %s\n' "${f}" "$(sha256sum <"${REPO_ROOT}/${f}" | cut -c1-64)"
   done
@@ -236,26 +231,6 @@ provisioner: kubernetes.io/host-path
 EOF
 }
 
-# oci_image OUT.tar TAG ROOTDIR ENTRYPOINT [USER]: an OCI archive of one layer
-# (ROOTDIR's files) with PATH set, made with umoci; no base image.
-oci_image() {
-  local out="$1" tag="$2" root="$3" entrypoint="$4" user="${5:-}" work
-  work="$(mktemp -d "${out}.XXXXXX")"
-  umoci init --layout "${work}/layout"
-  umoci new --image "${work}/layout:${tag}"
-  umoci unpack --image "${work}/layout:${tag}" "${work}/bundle" >/dev/null
-  cp -a "${root}/." "${work}/bundle/rootfs/"
-  umoci repack --image "${work}/layout:${tag}" "${work}/bundle"
-  local config=(--config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    --config.entrypoint "${entrypoint}"
-    --config.workingdir /)
-  [[ -z "${user}" ]] || config+=(--config.user "${user}")
-  umoci config --image "${work}/layout:${tag}" "${config[@]}"
-  umoci gc --layout "${work}/layout"
-  tar -C "${work}/layout" -cf "${out}" .
-  rm -rf -- "${work}"
-}
-
 # stage DIR FILE DEST...: copies FILE to DIR/DEST with its mode.
 stage() {
   local dir="$1" file="$2" dest="$3"
@@ -272,7 +247,7 @@ make_images() {
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     dir="${out}/${b}.root"
     stage "${dir}" "${k8s_bin}/${b}" "/usr/local/bin/${b}"
-    oci_image "${out}/${b}.tar" "${version}" "${dir}" "/usr/local/bin/${b}"
+    oci_archive "${dir}" "registry.k8s.io/${b}:${version}" "${out}/${b}.tar" 0:0 "/usr/local/bin/${b}"
     printf 'registry.k8s.io/%s:%s\n' "${b}" "${version}" >"${out}/${b}.ref"
   done
 
@@ -285,19 +260,19 @@ make_images() {
     mkdir -p "${dir}$(dirname "${lib}")"
     cp -L "${rootfs}${lib}" "${dir}${lib}"
   done < <(chroot "${rootfs}" ldd /usr/sbin/nft | grep -o '/[^ ]*' | sort -u)
-  oci_image "${out}/kube-proxy.tar" "${version}" "${dir}" /usr/local/bin/kube-proxy
+  oci_archive "${dir}" "registry.k8s.io/kube-proxy:${version}" "${out}/kube-proxy.tar" 0:0 /usr/local/bin/kube-proxy
   printf 'registry.k8s.io/kube-proxy:%s\n' "${version}" >"${out}/kube-proxy.ref"
 
   tag="$(etcd_tag)"
   dir="${out}/etcd.root"
   stage "${dir}" "${k8s_bin}/etcd" /usr/local/bin/etcd
   mkdir -p "${dir}/var/lib/etcd"
-  oci_image "${out}/etcd.tar" "${tag}" "${dir}" /usr/local/bin/etcd
+  oci_archive "${dir}" "registry.k8s.io/etcd:${tag}" "${out}/etcd.tar" 0:0 /usr/local/bin/etcd
   printf 'registry.k8s.io/etcd:%s\n' "${tag}" >"${out}/etcd.ref"
 
   dir="${out}/coredns.root"
   stage "${dir}" "${coredns}" /coredns
-  oci_image "${out}/coredns.tar" "$(coredns_version)" "${dir}" /coredns 65532:65532
+  oci_archive "${dir}" "registry.k8s.io/coredns/coredns:$(coredns_version)" "${out}/coredns.tar" 65532:65532 /coredns
   printf 'registry.k8s.io/coredns/coredns:%s\n' "$(coredns_version)" >"${out}/coredns.ref"
 
   # The sandbox image kind's containerd config names (sandbox_image).
@@ -305,7 +280,7 @@ make_images() {
   [[ -n "${tag}" ]] || die "no registry.k8s.io/pause sandbox_image in kind's containerd config"
   dir="${out}/pause.root"
   stage "${dir}" "${node_bins}/bin/pause" /pause
-  oci_image "${out}/pause.tar" "${tag}" "${dir}" /pause 65535:65535
+  oci_archive "${dir}" "registry.k8s.io/pause:${tag}" "${out}/pause.tar" 65535:65535 /pause
   printf 'registry.k8s.io/pause:%s\n' "${tag}" >"${out}/pause.ref"
 }
 

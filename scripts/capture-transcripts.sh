@@ -50,6 +50,7 @@ redact() {
     s/eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/<jwt>/g;           # token bits
     s/\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b/<uid>/g;
     s/\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?/<time>/g;
+    s/\b\d{4}-\d\d-\d\d\b/<date>/g;                            # label dates
     s/\b1[6-9]\d{8}\b/<unix-time>/g;                            # iat, exp, ...
     s/\b(127\.0\.0\.1|localhost|\[::1\]):\d+/$1:<port>/g;
     s/\b\d+\.\d+m?s\b/<duration>/g;                             # 1.23s

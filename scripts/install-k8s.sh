@@ -11,42 +11,21 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 
-k8s_version() {
-  sed -n 's|^\s*k8s.io/kubernetes \(v[0-9.]*\).*$|\1|p' "${REPO_ROOT}/tools/k8sbin/go.mod" | head -n1
-}
+k8s_version() { module_version k8sbin k8s.io/kubernetes; }
 
-etcd_version() {
-  sed -n 's|^\s*go.etcd.io/etcd/server/v3 \(v[0-9.]*\).*$|\1|p' "${REPO_ROOT}/tools/etcdbin/go.mod" | head -n1
-}
+etcd_version() { module_version etcdbin go.etcd.io/etcd/server/v3; }
 
 bin_dir() {
-  local cache="${XDG_CACHE_HOME:-${HOME}/.cache}"
-  echo "${SA_LAB_CACHE:-${cache}/sa-lab}/k8s/$(k8s_version)-etcd$(etcd_version)/bin"
-}
-
-log() { printf ' • %s\n' "$*" >&2; }
-
-# Reads `go build -v` output: prints a progress line every 250 packages and
-# passes through anything that is not a package path (errors, warnings).
-progress() {
-  local n=0 line start="${SECONDS}"
-  while IFS= read -r line; do
-    if [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
-      n=$((n + 1))
-      if ((n % 250 == 0)); then
-        printf '   ... %d packages compiled (%ds)\n' "${n}" "$((SECONDS - start))" >&2
-      fi
-    else
-      printf '%s\n' "${line}" >&2
-    fi
-  done
+  echo "$(cache_root)/k8s/$(k8s_version)-etcd$(etcd_version)/bin"
 }
 
 build_k8s() {
-  local out="$1" version minor missing=()
+  local out="$1" version missing=()
   version="$(k8s_version)"
-  minor="$(echo "${version}" | cut -d. -f2)"
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [[ -x "${out}/${b}" ]] || missing+=("${b}")
   done
@@ -57,18 +36,14 @@ build_k8s() {
   log "building ${missing[*]} ${version} from Go modules (cold: about 12 min on 2 cores)"
   local pkgs=()
   for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${b}"); done
-  local ldflags="-s -w"
-  ldflags+=" -X k8s.io/component-base/version.gitVersion=${version}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-  ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${version}"
+  local ldflags
+  ldflags="$(k8s_ldflags "${version}")"
   # Build into a temp dir and move into place, so an interrupted build never
   # leaves a half-written binary in the cache.
   local tmp
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
   (cd "${REPO_ROOT}/tools/k8sbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | progress)
+    CGO_ENABLED=0 go build -v -trimpath -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | go_progress 250)
   for b in "${missing[@]}"; do mv "${tmp}/${b}" "${out}/${b}"; done
   rmdir "${tmp}"
 }
@@ -84,7 +59,7 @@ build_etcd() {
   local tmp
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
   (cd "${REPO_ROOT}/tools/etcdbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | progress)
+    CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | go_progress 250)
   mv "${tmp}/etcd" "${out}/etcd"
   rmdir "${tmp}"
 }

@@ -32,9 +32,32 @@ state_dir() {
   fi
 }
 
-# $SA_LAB_CACHE, else $XDG_CACHE_HOME/sa-lab, else ~/.cache/sa-lab: builds
-# cached per version (Kubernetes, kind, the kind node image's parts).
-cache_root() { printf '%s\n' "${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}"; }
+# $SA_LAB_CACHE, else $XDG_CACHE_HOME/sa-lab, else ~/.cache/sa-lab (the same
+# rule as sa_lab::paths::cache()): builds cached per version (Kubernetes,
+# kind, the kind node image's parts, the kubelet node's binaries).
+cache_root() {
+  printf '%s\n' "${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}"
+}
+
+# module_version TOOL MODULE: the version of MODULE that tools/TOOL/go.mod
+# requires (the builder modules pin every Go binary sa-lab builds).
+module_version() {
+  sed -n "s|^\s*$2 \(v[0-9.]*\).*\$|\1|p" "${REPO_ROOT}/tools/$1/go.mod" | head -n1
+}
+
+# k8s_ldflags VERSION: the linker flags every Kubernetes command is built
+# with (stripped, its version stamped as a release's). One definition: the
+# control plane's and the node's builds share the Go build cache only if
+# they agree.
+k8s_ldflags() {
+  local version="$1" minor
+  minor="$(echo "${version}" | cut -d. -f2)"
+  printf '%s' "-s -w -X k8s.io/component-base/version.gitVersion=${version}" \
+    " -X k8s.io/component-base/version.gitMajor=1" \
+    " -X k8s.io/component-base/version.gitMinor=${minor}" \
+    " -X k8s.io/component-base/version.gitTreeState=clean" \
+    " -X k8s.io/client-go/pkg/version.gitVersion=${version}"
+}
 
 cluster_dir() { printf '%s/clusters/%s\n' "$(state_dir)" "$1"; }
 logs_dir() { printf '%s/logs/kind-%s\n' "$(state_dir)" "$1"; }
@@ -90,4 +113,73 @@ require_debian_packages() {
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
     die "apt-get could not install ${missing[*]}"
+}
+
+# go_progress [EVERY]: reads `go build -v` output, prints a progress line
+# every EVERY (default 250) packages and passes through anything that is
+# not a package path (errors, warnings).
+go_progress() {
+  local every="${1:-250}" n=0 line start="${SECONDS}"
+  while IFS= read -r line; do
+    if [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
+      n=$((n + 1))
+      if ((n % every == 0)); then
+        printf '   ... %d packages compiled (%ds)\n' "${n}" "$((SECONDS - start))" >&2
+      fi
+    else
+      printf '%s\n' "${line}" >&2
+    fi
+  done
+}
+
+# Can the kubelet node run here? Root with CAP_NET_ADMIN and CAP_SYS_ADMIN
+# (the rule of sa_lab::kubelet::host::require_root).
+kubelet_node_possible() {
+  local cap
+  [[ "$(id -u)" -eq 0 ]] || return 1
+  cap="$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)"
+  (((16#${cap} >> 12) & 1 && (16#${cap} >> 21) & 1))
+}
+
+# oci_archive ROOTFS REF OUT USER ENTRYPOINT...: packs directory ROOTFS as a
+# one-layer image (FROM scratch) with umoci and writes it as an OCI archive
+# (a tar of the OCI image layout) to OUT. REF is the full name, e.g.
+# docker.io/library/sa-lab-labs:0.1.0; the index carries it in the
+# annotations containerd's own export writes (io.containerd.image.name and
+# org.opencontainers.image.ref.name), so `ctr images import` and
+# `kind load image-archive` name the image REF. No daemon, no registry.
+oci_archive() {
+  local rootfs="$1" ref="$2" out="$3" user="$4"
+  shift 4
+  local tag="${ref##*:}" work layout args=() e rootless=()
+  [[ "$(id -u)" -eq 0 ]] || rootless=(--rootless)
+  for e in "$@"; do args+=(--config.entrypoint "${e}"); done
+  work="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-oci.XXXXXX")"
+  layout="${work}/oci"
+  # The image's / (a temporary directory here, 0700) is world-readable in
+  # any image; fixed timestamps: the same files give the same digests.
+  chmod 0755 "${rootfs}"
+  find "${rootfs}" -exec touch -h -d @0 {} +
+  (
+    set -o errexit
+    umoci init --layout "${layout}"
+    umoci new --image "${layout}:${tag}"
+    umoci insert "${rootless[@]}" --image "${layout}:${tag}" \
+      --history.created 1970-01-01T00:00:00Z --history.created_by "sa-lab: ${ref}" "${rootfs}" /
+    umoci config --image "${layout}:${tag}" --created 1970-01-01T00:00:00Z --no-history \
+      --os linux --architecture amd64 --config.user "${user}" "${args[@]}" \
+      --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --config.workingdir /
+    umoci gc --layout "${layout}"
+    jq --arg name "${ref}" --arg tag "${tag}" \
+      '.manifests[0].annotations = {"io.containerd.image.name": $name, "org.opencontainers.image.ref.name": $tag}' \
+      "${layout}/index.json" >"${work}/index.json"
+    mv "${work}/index.json" "${layout}/index.json"
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "${layout}" -cf "${out}.tmp" .
+    mv "${out}.tmp" "${out}"
+  ) || {
+    rm -rf "${work}" "${out}.tmp"
+    return 1
+  }
+  rm -rf "${work}"
 }

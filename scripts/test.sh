@@ -4,7 +4,9 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler + the sandbox
 # node), the book checks (also in headless Chromium), shellcheck on every
 # script, and a check that the book's transcripts still match what
-# `sa-lab run` prints.
+# `sa-lab run` prints; then, as root, every chapter's tables again with the
+# kubelet node (the real kubelet, containerd, runc, CNI and kube-proxy), one
+# cluster at a time.
 #
 #   scripts/test.sh                     everything, on local clusters
 #   scripts/test.sh -- --test cluster   extra arguments go to `cargo test`
@@ -16,6 +18,9 @@
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "${REPO_ROOT}/scripts/lib.sh"
 
 log() { printf '\n=== %s\n' "$*" >&2; }
 
@@ -28,6 +33,15 @@ main() {
     local k8s_bin
     k8s_bin="$(scripts/install-k8s.sh)"
     export SA_LAB_K8S_BIN="${k8s_bin}"
+    if kubelet_node_possible; then
+      log "The kubelet node's binaries (containerd, CNI, kubelet, kube-proxy, pause; cached per version)"
+      SA_LAB_NODE_BIN="$(scripts/install-node-bins.sh)"
+      export SA_LAB_NODE_BIN
+    else
+      # The one opt-out: without root the kubelet node cannot run at all.
+      warn "not root (with CAP_SYS_ADMIN, CAP_NET_ADMIN): the kubelet node's tests are skipped (CI runs them)"
+      export SA_LAB_SKIP_KUBELET=1
+    fi
   fi
 
   log "mdBook"
@@ -49,7 +63,7 @@ main() {
     cargo test --workspace --locked --lib --bins
     cargo test -p sa-lab-e2e --locked --test book --test manifests --test kind_scripts --test provider \
       --test chapter_01 --test chapter_02 --test chapter_03 --test chapter_04 \
-      --test chapter_05 "$@" -- --test-threads=1
+      --test chapter_05 --test chapter_06 --test chapter_07 --test chapter_08 "$@" -- --test-threads=1
     return
   fi
 
@@ -61,7 +75,14 @@ main() {
   export SA_LAB_QUIET=1
 
   log "Tests (unit + e2e on local clusters + book)"
-  cargo test --workspace --locked "$@" -- --test-threads="${SA_LAB_TEST_THREADS:-2}"
+  SA_LAB_NODE=sandbox cargo test --workspace --locked "$@" -- --test-threads="${SA_LAB_TEST_THREADS:-2}"
+
+  if [[ "${SA_LAB_SKIP_KUBELET:-0}" != "1" ]]; then
+    log "Every chapter's tables with the kubelet node (one kubelet node per host: one at a time)"
+    SA_LAB_NODE=kubelet cargo test -p sa-lab-e2e --locked --test chapter_01 --test chapter_02 \
+      --test chapter_03 --test chapter_04 --test chapter_05 --test chapter_06 --test chapter_07 \
+      --test chapter_08 "$@" -- --test-threads=1
+  fi
 
   if [[ $# -eq 0 ]]; then
     log "The book's transcripts match what sa-lab prints today"

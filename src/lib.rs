@@ -3,7 +3,8 @@
 //! The library holds everything the `sa-lab` CLI does: locating the pinned
 //! Kubernetes binaries, generating the PKI, running a local control plane
 //! (real etcd, kube-apiserver, kube-controller-manager, kube-scheduler), the
-//! sandbox node that runs lab Pods as local processes, the cluster providers
+//! sandbox node that runs lab Pods as local processes (or the real kubelet
+//! with containerd, as root), the cluster providers
 //! and the chapter runner that compares what the API server decided with the
 //! curriculum's expected tables.
 
@@ -12,6 +13,7 @@ pub mod binaries;
 pub mod chapters;
 pub mod course;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod local;
 pub mod manifest;
 pub mod node;
@@ -19,6 +21,7 @@ pub mod paths;
 pub mod pki;
 pub mod provider;
 pub mod rbac;
+pub mod risks;
 pub mod sys;
 pub mod ui;
 

@@ -51,6 +51,10 @@ enum Cmd {
         /// says which binding allowed it, and `sa-lab trace` has nothing).
         #[arg(long)]
         no_audit_log: bool,
+        /// Local: which node runs Pods: sandbox (default) or kubelet (the real
+        /// kubelet, containerd and kube-proxy; needs root). Also $SA_LAB_NODE.
+        #[arg(long, value_enum)]
+        node: Option<sa_lab::kubelet::NodeKind>,
     },
     /// Stop every process of a local cluster and remove its state.
     Down {
@@ -115,6 +119,34 @@ enum Cmd {
         follow: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
+    },
+    /// Report ServiceAccount risks on any cluster: who may read Secrets,
+    /// create Pods, mint tokens, escalate; bindings to `default` and to
+    /// ServiceAccount groups; unneeded tokens; legacy token Secrets.
+    /// Read-only. Exits 1 when --fail-on finds something that bad.
+    Audit {
+        /// Audit the cluster of this kubeconfig (default: the local cluster).
+        #[arg(long)]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// Use this context (of --kubeconfig, else of $KUBECONFIG or
+        /// ~/.kube/config).
+        #[arg(long)]
+        context: Option<String>,
+        /// The local cluster to audit when no kubeconfig is given (default
+        /// $SA_LAB_CLUSTER, else sa-lab).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// Exit 1 if a finding is at least this severe (info never counts).
+        #[arg(long, value_enum)]
+        fail_on: Option<sa_lab::risks::Severity>,
+        /// Also list the info findings (Kubernetes' own bootstrap policy).
+        #[arg(long)]
+        all: bool,
+        /// Print the ClusterRole that is enough to run the audit, and exit.
+        #[arg(long)]
+        print_role: bool,
     },
     /// Show each component of local clusters and its health.
     Status {
@@ -192,12 +224,14 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             name,
             api_port,
             no_audit_log,
+            node,
         } => {
             let args = provider::UpArgs {
                 provider,
                 name,
                 api_port,
                 no_audit_log,
+                node,
             };
             if let provider::Started::Local(info) = provider::up(&args).await? {
                 eprintln!(
@@ -290,6 +324,36 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             follow,
             output,
         } => trace(&service_account, name.as_deref(), follow, output).await,
+        Cmd::Audit {
+            kubeconfig,
+            context,
+            name,
+            output,
+            fail_on,
+            all,
+            print_role,
+        } => {
+            if print_role {
+                print!("{}", sa_lab::risks::AUDIT_ROLE);
+                return Ok(true);
+            }
+            let target = sa_lab::risks::Target {
+                kubeconfig,
+                context,
+                name,
+            };
+            let (client, describe) = sa_lab::risks::connect(&target).await?;
+            eprintln!("Auditing {describe}");
+            let report = sa_lab::risks::run(&client).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!(
+                    "{}",
+                    sa_lab::risks::render(&report, chapters::render::width(), all)
+                ),
+            }
+            Ok(fail_on.is_none_or(|level| report.at_least(level) == 0))
+        }
         Cmd::Node { options } => sa_lab::node::run_from_file(&options).await.map(|()| true),
         Cmd::Supervise { .. } | Cmd::PodExec { .. } => unreachable!("handled in main"),
     }

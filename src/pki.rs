@@ -69,8 +69,11 @@ pub struct Pki {
     pub node: Pair,
     /// The API server's client certificate for the node's log endpoint.
     pub apiserver_kubelet_client: Pair,
-    /// The sandbox node's serving certificate (its kubelet port).
+    /// The node's serving certificate (its kubelet port).
     pub node_serving: Pair,
+    /// kube-proxy's client certificate (`system:kube-proxy`, which the
+    /// default `system:node-proxier` binding names); the kubelet node's.
+    pub kube_proxy: Pair,
 }
 
 /// Who a client certificate names.
@@ -82,6 +85,13 @@ struct Subject<'a> {
 
 /// Generates the whole PKI into `dir` (created 0700).
 pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
+    generate_with(dir, node_name, &[])
+}
+
+/// Like [`generate`], with `extra_ips` added to the API server's and the
+/// node's serving certificates (the kubelet node's host-local address and
+/// Service IP).
+pub fn generate_with(dir: &Path, node_name: &str, extra_ips: &[String]) -> Result<Pki, Error> {
     create_private_dir(dir)?;
     let ca_key = key("CA key")?;
     let mut ca_params = params(&[], "sa-lab-ca", None, "CA")?;
@@ -97,10 +107,16 @@ pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
     let ca = write_pair(dir, "ca", &ca_cert.pem(), &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca_params, ca_key);
 
+    let extra: Vec<&str> = extra_ips.iter().map(String::as_str).collect();
+    let apiserver_sans: Vec<&str> = APISERVER_SANS
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect();
     let apiserver = leaf(
         dir,
         &issuer,
-        &APISERVER_SANS,
+        &apiserver_sans,
         Subject {
             file: "apiserver",
             cn: "kube-apiserver",
@@ -111,7 +127,7 @@ pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
     let node_serving = leaf(
         dir,
         &issuer,
-        &["127.0.0.1", "localhost", node_name],
+        &[&["127.0.0.1", "localhost", node_name][..], &extra].concat(),
         Subject {
             file: "node-serving",
             cn: node_name,
@@ -147,6 +163,12 @@ pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
         org: None,
     })?;
 
+    let kube_proxy = client(Subject {
+        file: "kube-proxy",
+        cn: "system:kube-proxy",
+        org: None,
+    })?;
+
     let sa = key("ServiceAccount signing key")?;
     let sa_key = dir.join("sa.key");
     write_private(&sa_key, sa.serialize_pem().as_bytes())?;
@@ -165,6 +187,7 @@ pub fn generate(dir: &Path, node_name: &str) -> Result<Pki, Error> {
         node,
         apiserver_kubelet_client,
         node_serving,
+        kube_proxy,
     })
 }
 

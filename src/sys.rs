@@ -1,7 +1,8 @@
 //! The one place with `unsafe`: hooks that run in a freshly forked child
 //! before `exec` (each makes a single async-signal-safe system call),
-//! `pidfd_open(2)`, which nix does not wrap, and handing an owned file
-//! descriptor to tokio's reactor.
+//! `pidfd_open(2)`, which nix does not wrap, handing an owned file
+//! descriptor to tokio's reactor, and passing the kubelet node's lock from
+//! `up` to the supervisor (inheriting and adopting a descriptor).
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -30,6 +31,39 @@ pub fn die_with_parent(cmd: &mut Command) {
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent process
+/// that named it to us (the node lock `up` hands to the supervisor), if it
+/// is open.
+pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and was left open for
+    // this process by its parent; nothing else in this process owns it: the
+    // supervisor adopts it once, at start.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lets the child inherit descriptor `fd` (which stays close-on-exec in
+/// this process, so no other child started meanwhile gets it).
+pub fn inherit_fd(cmd: &mut Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: fcntl(2) is async-signal-safe and touches no memory; `fd` is
+    // open in the parent for as long as the Command is spawned, so it is
+    // open in the forked child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(std::io::Error::from)?;
             Ok(())
         });
     }

@@ -1,13 +1,15 @@
 //! Benchmarks (not tests): prints medians over several runs.
 //!
 //! - `sa-lab up` to ready, and each component's resident memory once ready;
-//! - on the sandbox node: Pod create to `Succeeded` for a trivial lab Pod,
-//!   a graceful delete (the program handles SIGTERM) to the Pod gone, and
-//!   the interval between the node's Lease renewals.
+//! - Pod create to `Succeeded` for a trivial lab Pod, a graceful delete
+//!   (the program handles SIGTERM) to the Pod gone, and the interval
+//!   between the node's Lease renewals;
+//!
+//! each with the sandbox node, then (as root) with the kubelet node.
 //!
 //! With `SA_LAB_BENCH_KIND=<cluster>`, only Pod create to `Succeeded`, on
 //! that kind cluster (made by `scripts/kind-up.sh`, lab image loaded): the
-//! kubelet's figure beside the sandbox node's.
+//! kind node's figure beside the local nodes'.
 //!
 //! These are the timings the e2e tests do not assert (they assert what
 //! happens, not how fast). Run through `scripts/bench.sh` (which also times
@@ -21,6 +23,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::wait::{await_condition, conditions};
+use sa_lab::kubelet::NodeKind;
 use sa_lab::local::{self, UpOptions};
 use serde_json::json;
 
@@ -53,7 +56,7 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn bench_up(runs: usize) {
+async fn bench_up(runs: usize, node: NodeKind) {
     let mut walls = Vec::new();
     let mut rss: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for i in 0..runs {
@@ -61,6 +64,7 @@ async fn bench_up(runs: usize) {
         let t = Instant::now();
         let info = local::up(&UpOptions {
             name: name.clone(),
+            node: Some(node),
             ..Default::default()
         })
         .await
@@ -82,7 +86,8 @@ async fn bench_up(runs: usize) {
         local::down(&name).expect("sa-lab down");
     }
     println!(
-        "sa-lab up -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+        "sa-lab up --node {} -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+        node.as_str(),
         median(&mut walls.clone()),
         walls.iter().cloned().fold(f64::MAX, f64::min),
         walls.iter().cloned().fold(0.0, f64::max)
@@ -209,16 +214,18 @@ async fn bench_pods_kind(cluster: &str, pod_runs: usize) {
         .expect("delete namespace");
 }
 
-/// The sandbox node's timings on one cluster: Pod start-up, graceful delete,
+/// A node's timings on one cluster: Pod start-up, graceful delete,
 /// Lease renewal interval.
-async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
+async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
     let name = format!("bench-pods-{}", std::process::id());
     let info = local::up(&UpOptions {
         name: name.clone(),
+        node: Some(node),
         ..Default::default()
     })
     .await
     .expect("up");
+    let node = node.as_str();
     let client = info.client().await.expect("client");
     let ns = "bench";
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -233,7 +240,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
     wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
 
-    time_pods(&pods, pod_runs, "sandbox node").await;
+    time_pods(&pods, pod_runs, &format!("{node} node")).await;
 
     // Graceful delete of a Pod whose program exits on SIGTERM (grace 30 s).
     let mut deletes = Vec::new();
@@ -274,7 +281,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     }
     if !deletes.is_empty() {
         println!(
-            "graceful delete -> Pod gone (program exits on SIGTERM, grace 30 s), {delete_runs} runs: median {:.3} s, max {:.3} s",
+            "graceful delete -> Pod gone (program exits on SIGTERM, grace 30 s, {node} node), {delete_runs} runs: median {:.3} s, max {:.3} s",
             median(&mut deletes.clone()),
             deletes.iter().cloned().fold(0.0, f64::max)
         );
@@ -305,7 +312,7 @@ async fn bench_node(pod_runs: usize, delete_runs: usize, lease_renewals: usize) 
     }
     if !intervals.is_empty() {
         println!(
-            "node Lease renewal interval, {} renewals: median {:.2} s, max {:.2} s",
+            "{node} node Lease renewal interval, {} renewals: median {:.2} s, max {:.2} s",
             intervals.len(),
             median(&mut intervals.clone()),
             intervals.iter().cloned().fold(0.0, f64::max)
@@ -327,13 +334,27 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // The kubelet node needs root; without it, say so instead of a figure.
+    let kubelet = match sa_lab::kubelet::host::require_root() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("kubelet node: not measured ({e})");
+            false
+        }
+    };
     rt.block_on(async {
-        match std::env::var("SA_LAB_BENCH_KIND") {
-            Ok(cluster) if !cluster.is_empty() => bench_pods_kind(&cluster, pod_runs).await,
-            _ => {
-                bench_up(up_runs).await;
-                bench_node(pod_runs, delete_runs, lease_renewals).await;
+        if let Ok(cluster) = std::env::var("SA_LAB_BENCH_KIND")
+            && !cluster.is_empty()
+        {
+            bench_pods_kind(&cluster, pod_runs).await;
+            return;
+        }
+        for node in [NodeKind::Sandbox, NodeKind::Kubelet] {
+            if node == NodeKind::Kubelet && !kubelet {
+                continue;
             }
+            bench_up(up_runs, node).await;
+            bench_node(node, pod_runs, delete_runs, lease_renewals).await;
         }
     });
 }

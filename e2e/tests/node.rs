@@ -8,70 +8,29 @@
 //! `scripts/bench.sh` (e2e/benches/startup.rs).
 
 mod common;
+mod pod_kit;
 
-use std::fmt::Debug;
 use std::time::Duration;
 
-use common::{TestCluster, eventually, unique_ns};
+use common::{TestCluster, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerStateTerminated, ContainerStateWaiting, Event, Namespace, Node, Pod,
-    ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Api;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use pod_kit::{
+    create, make_ns, message_json, phase, terminated, toolbox_container, toolbox_pod, wait_done,
+    wait_for, wait_running, waiting,
+};
 
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 // ---------------------------------------------------------------- helpers
-
-async fn make_ns(client: &kube::Client, prefix: &str) -> String {
-    let ns = unique_ns(prefix);
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .expect("create namespace");
-    // The ServiceAccount admission plugin needs `default` (made by the KCM).
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    wait_for(&sas, "default", 30, "the default ServiceAccount", |sa| {
-        sa.is_some()
-    })
-    .await;
-    ns
-}
-
-/// Waits, watching the object, until `cond` holds for it (`None`: it does
-/// not exist), for at most `secs`; returns the object as last seen.
-async fn wait_for<K>(
-    api: &Api<K>,
-    name: &str,
-    secs: u64,
-    what: &str,
-    cond: impl Fn(Option<&K>) -> bool,
-) -> Option<K>
-where
-    K: Clone + Debug + Send + DeserializeOwned + Resource + 'static,
-{
-    let wait = await_condition(api.clone(), name, cond);
-    match tokio::time::timeout(Duration::from_secs(secs), wait).await {
-        Ok(Ok(obj)) => obj,
-        Ok(Err(e)) => panic!("watching for {what}: {e}"),
-        Err(_) => panic!(
-            "timed out after {secs}s waiting for {what}; last seen: {:#?}",
-            api.get_opt(name).await
-        ),
-    }
-}
 
 /// Waits, watching the Events of `ns`, for one that `pred` accepts.
 async fn wait_event(
@@ -102,92 +61,6 @@ async fn wait_event(
         Ok(Some(ev)) => ev,
         _ => panic!("no event {what} within {secs}s; seen: {seen:#?}"),
     }
-}
-
-fn toolbox_container(name: &str, args: &[&str]) -> Value {
-    json!({
-        "name": name,
-        "image": sa_lab::LAB_IMAGE,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["lab-toolbox"],
-        "args": args,
-    })
-}
-
-/// A lab Pod running `lab-toolbox ARGS`, restartPolicy Never.
-fn toolbox_pod(name: &str, args: &[&str]) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "sa-lab"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 30,
-            "containers": [toolbox_container("main", args)],
-        }
-    })
-}
-
-async fn create(api: &Api<Pod>, pod: Value) -> Pod {
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(pod).expect("pod json"),
-    )
-    .await
-    .expect("create pod")
-}
-
-fn phase(p: &Pod) -> String {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_default()
-}
-
-fn is_phase(p: Option<&Pod>, phases: &[&str]) -> bool {
-    p.is_some_and(|p| phases.contains(&phase(p).as_str()))
-}
-
-/// Waits (watching) until the Pod is Succeeded or Failed; returns it.
-async fn wait_done(api: &Api<Pod>, name: &str, secs: u64) -> Pod {
-    let what = format!("pod {name} Succeeded or Failed");
-    wait_for(api, name, secs, &what, |p| {
-        is_phase(p, &["Succeeded", "Failed"])
-    })
-    .await
-    .expect("a finished pod")
-}
-
-/// Waits (watching) until the Pod is Running.
-async fn wait_running(api: &Api<Pod>, name: &str, secs: u64) -> Pod {
-    let what = format!("pod {name} Running");
-    wait_for(api, name, secs, &what, |p| is_phase(p, &["Running"]))
-        .await
-        .expect("a running pod")
-}
-
-/// The first container's waiting state.
-fn waiting(p: &Pod) -> Option<ContainerStateWaiting> {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.waiting.clone())
-}
-
-fn terminated(p: &Pod, container: &str) -> ContainerStateTerminated {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == container))
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.clone())
-        .unwrap_or_else(|| panic!("container {container} not terminated: {:#?}", p.status))
-}
-
-fn message_json(t: &ContainerStateTerminated) -> Value {
-    serde_json::from_str(t.message.as_deref().unwrap_or("null")).unwrap_or(Value::Null)
 }
 
 async fn logs(api: &Api<Pod>, name: &str, container: &str) -> String {

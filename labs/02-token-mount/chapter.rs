@@ -167,7 +167,7 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
         cx.token(PRODUCTION, WHO, spec.clone()).await?,
         cx.token(PRODUCTION, WHO, spec).await?,
     ];
-    let mut rows = vec![use_token(cx, "bound-token.live", &live, "the Pod exists").await?];
+    let mut rows = vec![cx.use_token("bound-token.live", WHO, &live, "the Pod exists").await?];
 
     // Deleting a finished Pod sets its deletionTimestamp to now (no grace
     // period); the finalizer keeps the object until we remove it.
@@ -193,7 +193,7 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
         .map(|t| t.0.to_string())
         .unwrap_or_default();
     let context = format!("deletionTimestamp {since}; valid until 60 s after it");
-    rows.push(use_token(cx, "bound-token.terminating", &terminating, &context).await?);
+    rows.push(cx.use_token("bound-token.terminating", WHO, &terminating, &context).await?);
 
     let release = serde_json::json!({ "metadata": { "finalizers": null } });
     pods.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
@@ -202,21 +202,6 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
     let uid = pod.uid().unwrap_or_default();
     let gone = format!("Pod {name} was not gone");
     kit::await_object(&pods, &name, conditions::is_deleted(&uid), cx.timeout, &gone).await?;
-    rows.push(use_token(cx, "bound-token.deleted", &deleted, "the Pod object is gone").await?);
+    rows.push(cx.use_token("bound-token.deleted", WHO, &deleted, "the Pod object is gone").await?);
     Ok(rows)
-}
-
-/// A SelfSubjectReview sent with `token` (and no other credential).
-async fn use_token(cx: &RunContext, id: &str, token: &str, context: &str) -> Result<Row, Error> {
-    let client = cx.client_with_token(token)?;
-    let res = lab_kit::identity::whoami(&client).await;
-    let mut r = kit::api_row(id, WHO, &res);
-    r.verb = "create".into();
-    r.group = "authentication.k8s.io".into();
-    r.resource = "selfsubjectreviews".into();
-    r.message = match res {
-        Ok(i) => format!("{context}: authenticated as {}", i.username),
-        Err(_) => format!("{context}: {}", r.message),
-    };
-    Ok(r)
 }

@@ -21,6 +21,9 @@ catalog! {
     "../../labs/03-rolebinding/chapter.rs" => rolebinding,
     "../../labs/04-default-sa/chapter.rs" => default_sa,
     "../../labs/05-automount/chapter.rs" => automount,
+    "../../labs/06-token-request/chapter.rs" => token_request,
+    "../../labs/07-legacy-tokens/chapter.rs" => legacy_tokens,
+    "../../labs/08-audit/chapter.rs" => audit,
 }
 
 /// Every chapter, in order.

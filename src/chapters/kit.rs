@@ -314,6 +314,9 @@ fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, boo
         "RoleBinding" => ("rolebindings", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Node" => ("nodes", false),
+        "ValidatingAdmissionPolicy" => ("validatingadmissionpolicies", false),
+        "ValidatingAdmissionPolicyBinding" => ("validatingadmissionpolicybindings", false),
         "Deployment" => ("deployments", true),
         "Job" => ("jobs", true),
         other => {
@@ -457,6 +460,24 @@ impl RunContext {
                 "clusterroles",
                 false,
             ),
+            // Objects a chapter binds tokens to (no kubelet behind them).
+            ("", "v1", "Node", "nodes", false),
+            // Chapter 8's admission policy: it would refuse chapter 4's
+            // binding to `default`.
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
+                false,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicy",
+                "validatingadmissionpolicies",
+                false,
+            ),
         ];
         for (group, version, kind, plural, namespaced) in kinds {
             let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -539,19 +560,35 @@ impl RunContext {
         }
         for pod in &pods {
             let ns = pod.namespace().unwrap_or_default();
+            let name = pod.name_any();
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-            api.create(&PostParams::default(), pod)
-                .await
-                .map_err(|source| Error::Api {
-                    action: format!("creating lab Pod {ns}/{}", pod.name_any()),
-                    source,
-                })?;
+            let mut attempts = 0;
+            loop {
+                match api.create(&PostParams::default(), pod).await {
+                    Ok(_) => break,
+                    // The old Pod of that name was seen gone by a watch
+                    // (served from the API server's cache) before its
+                    // deletion reached storage: wait for it again.
+                    Err(kube::Error::Api(s)) if s.code == 409 && attempts < 3 => {
+                        attempts += 1;
+                        delete_and_wait(&api, &name, self.timeout).await?;
+                    }
+                    Err(source) => {
+                        return Err(Error::Api {
+                            action: format!("creating lab Pod {ns}/{name}"),
+                            source,
+                        });
+                    }
+                }
+            }
         }
         let waits = pods.iter().map(|pod| self.wait_report(pod));
         futures::future::try_join_all(waits).await
     }
 
-    async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
+    /// Wait until lab Pod `pod` (by namespace and name) has terminated, and
+    /// read its report.
+    pub async fn wait_report(&self, pod: &Pod) -> Result<LabRun, Error> {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let what = format!("{ns}/{name}");
@@ -746,6 +783,31 @@ impl RunContext {
             action: "building a client with a token".into(),
             source,
         })
+    }
+
+    /// A row for one use of `token` (and no other credential) by
+    /// `subject`: a SelfSubjectReview, the cheapest call every identity may
+    /// make. Allowed means authenticated; 401 means the API server no
+    /// longer accepts the token. `context` says what state the token's
+    /// world is in (its Pod exists, its Secret is gone...).
+    pub async fn use_token(
+        &self,
+        id: &str,
+        subject: &str,
+        token: &str,
+        context: &str,
+    ) -> Result<Row, Error> {
+        let client = self.client_with_token(token)?;
+        let res = lab_kit::identity::whoami(&client).await;
+        let mut r = api_row(id, subject, &res);
+        r.verb = "create".into();
+        r.group = "authentication.k8s.io".into();
+        r.resource = "selfsubjectreviews".into();
+        r.message = match res {
+            Ok(i) => format!("{context}: authenticated as {}", i.username),
+            Err(_) => format!("{context}: {}", r.message),
+        };
+        Ok(r)
     }
 
     /// Delete Pod `ns/name` (if present) and wait until it is gone.

@@ -12,15 +12,23 @@ pub enum Component {
     ControllerManager,
     Scheduler,
     Node,
+    /// The kubelet node's container runtime.
+    Containerd,
+    /// The kubelet node's kubelet and kube-proxy.
+    Kubelet,
+    KubeProxy,
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 8] = [
         Component::Etcd,
         Component::ApiServer,
         Component::ControllerManager,
         Component::Scheduler,
         Component::Node,
+        Component::Containerd,
+        Component::Kubelet,
+        Component::KubeProxy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -30,11 +38,22 @@ impl Component {
             Component::ControllerManager => "kube-controller-manager",
             Component::Scheduler => "kube-scheduler",
             Component::Node => "sandbox-node",
+            Component::Containerd => "containerd",
+            Component::Kubelet => "kubelet",
+            Component::KubeProxy => "kube-proxy",
         }
     }
 
     /// The program and its arguments.
     pub fn command(self, info: &ClusterInfo) -> (PathBuf, Vec<String>) {
+        let (program, mut args) = self.base_command(info);
+        if let Some(k) = &info.kubelet {
+            kubelet_node_flags(self, &mut args, k);
+        }
+        (program, args)
+    }
+
+    fn base_command(self, info: &ClusterInfo) -> (PathBuf, Vec<String>) {
         let pki = info.pki_dir();
         let p = |f: &str| pki.join(f).display().to_string();
         let bin = |b: &str| info.bin_dir.join(b);
@@ -65,6 +84,7 @@ impl Component {
                     "--authorization-mode=Node,RBAC",
                     "--enable-admission-plugins=NodeRestriction",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    "--service-account-max-token-expiration=24h", // chapter 6: longer requests are shortened
                     "--kubelet-preferred-address-types=InternalIP",
                     // Endpoints of the `kubernetes` Service are not reconciled:
                     // the apiserver listens on loopback only, and a loopback
@@ -154,7 +174,36 @@ impl Component {
                     vec!["node".into(), "--options".into(), opts],
                 )
             }
+            Component::Containerd | Component::Kubelet | Component::KubeProxy => {
+                let node = info
+                    .kubelet
+                    .as_ref()
+                    .expect("the kubelet node's components run only in a kubelet-node cluster");
+                crate::kubelet::command(self, info, node)
+            }
         }
+    }
+}
+
+/// With the kubelet node, the API server listens on the node's host-local
+/// address (Pods reach it through the kubernetes Service, whose endpoint it
+/// advertises and keeps with the lease reconciler, as on kubeadm), and the
+/// Service range is the node's.
+fn kubelet_node_flags(c: Component, args: &mut Vec<String>, k: &crate::kubelet::KubeletNode) {
+    let set = |args: &mut Vec<String>, flag: &str, value: String| {
+        args.retain(|a| !a.starts_with(&format!("{flag}=")));
+        args.push(format!("{flag}={value}"));
+    };
+    let range = k.net.service_cidr.to_string();
+    match c {
+        Component::ApiServer => {
+            set(args, "--bind-address", k.net.node_ip.to_string());
+            set(args, "--advertise-address", k.net.node_ip.to_string());
+            set(args, "--endpoint-reconciler-type", "lease".into());
+            set(args, "--service-cluster-ip-range", range);
+        }
+        Component::ControllerManager => set(args, "--service-cluster-ip-range", range),
+        _ => {}
     }
 }
 
@@ -164,6 +213,9 @@ pub fn phase_label(phase: &str) -> String {
         "etcd" => "Starting etcd".into(),
         "kube-apiserver" => "Starting kube-apiserver".into(),
         "controllers" => "Starting kube-controller-manager, kube-scheduler and the sandbox node".into(),
+        "node-host" => "Preparing the host for the kubelet node (address, bridge, cgroups, rules)".into(),
+        "containerd" => "Starting containerd and importing the pause and lab images".into(),
+        "controllers-kubelet" => "Starting kube-controller-manager, kube-scheduler, kubelet and kube-proxy".into(),
         "ready" => "Waiting for the default ServiceAccount, kube-root-ca.crt, view ClusterRole and Ready node".into(),
         other => format!("Waiting for {other}"),
     }

@@ -99,7 +99,7 @@ async fn probe(
                 Err(_) => ("/readyz timed out".into(), false),
             }
         }
-        "sandbox-node" => {
+        "sandbox-node" | "kubelet" => {
             let Some(c) = client else {
                 return ("no client".into(), false);
             };

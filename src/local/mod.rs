@@ -8,6 +8,10 @@
 //! started with a parent-death signal, so they cannot outlive the supervisor.
 //! `down` signals the supervisor, waits for it, checks the ports are free and
 //! removes the cluster's state.
+//!
+//! The node is the sandbox node by default; `--node kubelet` runs the real
+//! kubelet, containerd, runc, CNI and kube-proxy instead (see
+//! [`crate::kubelet`]): as root, one such cluster per host.
 
 mod components;
 mod health;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::kubelet::{self, NodeKind};
 use crate::{binaries, kubeconfig, paths, pki, ui};
 
 pub use components::Component;
@@ -85,6 +90,9 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
+    /// The kubelet node cannot start or stop.
+    #[error(transparent)]
+    Kubelet(#[from] kubelet::Error),
     /// Ctrl-C (or SIGTERM) arrived while the cluster was starting.
     #[error(
         "interrupted while starting cluster {0:?}; everything it had started was stopped and removed"
@@ -104,6 +112,11 @@ pub struct UpOptions {
     /// Run kube-apiserver without its audit log (for the benchmark's
     /// comparison; `sa-lab trace` and the rows' reasons need it).
     pub no_audit_log: bool,
+    /// Which node runs Pods; `None`: `$SA_LAB_NODE`, else the sandbox node.
+    pub node: Option<NodeKind>,
+    /// Kubelet node: wait while another kubelet-node cluster runs on this
+    /// host (tests), instead of refusing.
+    pub wait_for_node: bool,
 }
 
 /// A local cluster's fixed facts, stored in `<dir>/cluster.json`.
@@ -123,6 +136,9 @@ pub struct ClusterInfo {
     pub bin_dir: PathBuf,
     pub labs_dir: PathBuf,
     pub kubernetes_version: String,
+    /// Set when the real kubelet is the node (`--node kubelet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<Box<kubelet::KubeletNode>>,
     /// kube-apiserver writes an audit log (`logs/audit.log`).
     #[serde(default = "yes")]
     pub audit_log: bool,
@@ -141,6 +157,14 @@ impl ClusterInfo {
     }
     pub fn kubectl(&self) -> PathBuf {
         self.bin_dir.join("kubectl")
+    }
+    /// Which node runs the cluster's Pods.
+    pub fn node_kind(&self) -> NodeKind {
+        if self.kubelet.is_some() {
+            NodeKind::Kubelet
+        } else {
+            NodeKind::Sandbox
+        }
     }
     /// Every TCP port the cluster listens on.
     pub fn ports(&self) -> [u16; 4] {
@@ -297,7 +321,7 @@ pub fn running_pid(name: &str) -> Option<u32> {
     supervisor_alive(st.supervisor_pid).then_some(st.supervisor_pid)
 }
 
-fn free_port() -> Result<u16, Error> {
+pub(crate) fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("choosing a free port"))?;
     Ok(l.local_addr()
         .map_err(io_err("choosing a free port"))?
@@ -336,7 +360,27 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
             return Err(Error::PortInUse { port });
         }
     }
+    let node = match opts.node {
+        Some(n) => n,
+        None => NodeKind::from_env()?.unwrap_or_default(),
+    };
+    if node == NodeKind::Kubelet {
+        // Say so before building anything.
+        kubelet::host::require_root()?;
+    }
     let bin_dir = binaries::ensure()?;
+    let prepared = match node {
+        NodeKind::Sandbox => None,
+        NodeKind::Kubelet => {
+            let ports = [free_port()?, free_port()?, free_port()?];
+            let (wait, labs) = (opts.wait_for_node, paths::labs_dir());
+            let prepared =
+                tokio::task::spawn_blocking(move || kubelet::prepare(wait, &labs, ports))
+                    .await
+                    .expect("kubelet node preparation does not panic")?;
+            Some(prepared)
+        }
+    };
     if dir.exists() {
         // Left over from a crash: nothing runs (checked above), so clear it.
         fs::remove_dir_all(&dir).map_err(io_err(format!("removing stale {}", dir.display())))?;
@@ -344,7 +388,7 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = prepare_and_start(name, &dir, opts, bin_dir.clone()).await;
+        let result = prepare_and_start(name, &dir, opts, bin_dir.clone(), prepared.as_ref()).await;
         if result.is_err() {
             // Leave nothing half-made: stop whatever started, remove the state.
             let _ = stop_dir(name, &dir);
@@ -394,13 +438,28 @@ async fn prepare_and_start(
     dir: &Path,
     opts: &UpOptions,
     bin_dir: PathBuf,
+    kubelet_node: Option<&kubelet::Prepared>,
 ) -> Result<ClusterInfo, Error> {
     let step = ui::Step::start("Generating certificates and kubeconfigs");
     pki::create_private_dir(dir)?;
     for sub in ["logs", "node"] {
         pki::create_private_dir(&dir.join(sub))?;
     }
-    let pki = pki::generate(&dir.join("pki"), NODE_NAME)?;
+    // The kubelet node's API server listens on the node's host-local
+    // address, which Pods reach; its certificates name that address and the
+    // kubernetes Service's IP.
+    let (node_name, host, extra_ips) = match kubelet_node {
+        Some(k) => {
+            let net = &k.node.net;
+            let ips = vec![
+                net.node_ip.to_string(),
+                net.kubernetes_service_ip().to_string(),
+            ];
+            (kubelet::NODE_NAME, net.node_ip.to_string(), ips)
+        }
+        None => (NODE_NAME, "127.0.0.1".to_string(), Vec::new()),
+    };
+    let pki = pki::generate_with(&dir.join("pki"), node_name, &extra_ips)?;
     let api_port = match opts.api_port {
         Some(p) => p,
         None => free_port()?,
@@ -409,16 +468,17 @@ async fn prepare_and_start(
         name: name.to_string(),
         dir: dir.to_path_buf(),
         kubeconfig: dir.join("kubeconfig"),
-        server: format!("https://127.0.0.1:{api_port}"),
+        server: format!("https://{host}:{api_port}"),
         api_port,
         etcd_port: free_port()?,
         etcd_peer_port: free_port()?,
         kubelet_port: free_port()?,
-        node_name: NODE_NAME.to_string(),
+        node_name: node_name.to_string(),
         bin_dir,
         labs_dir: paths::labs_dir(),
         kubernetes_version: crate::KUBERNETES_VERSION.to_string(),
         audit_log: !opts.no_audit_log,
+        kubelet: kubelet_node.map(|k| Box::new(k.node.clone())),
     };
     let cluster = format!("sa-lab-{name}");
     let kc = |file: &str, user: &str, pair: &pki::Pair| {
@@ -444,11 +504,18 @@ async fn prepare_and_start(
     )?;
     kc(
         "pki/node.kubeconfig",
-        &format!("system:node:{NODE_NAME}"),
+        &format!("system:node:{node_name}"),
         &pki.node,
     )?;
     if info.audit_log {
         crate::audit::prepare(dir)?;
+    }
+    if kubelet_node.is_some() {
+        kc(
+            "pki/kube-proxy.kubeconfig",
+            "system:kube-proxy",
+            &pki.kube_proxy,
+        )?;
     }
     let json = serde_json::to_vec_pretty(&info).expect("cluster info serializes");
     pki::write_private(&dir.join("cluster.json"), &json)?;
@@ -463,6 +530,10 @@ async fn prepare_and_start(
         .stdout(out)
         .stderr(err)
         .env("SA_LAB_HOME", paths::home());
+    if let Some(k) = kubelet_node {
+        // The supervisor holds the host lock for the cluster's life.
+        k.lock.pass_to(&mut cmd);
+    }
     crate::sys::new_session(&mut cmd);
     let child = cmd.spawn().map_err(io_err(format!(
         "starting {} supervise",
@@ -600,11 +671,25 @@ fn stop_dir(name: &str, dir: &Path) -> Result<(), Error> {
     let Ok(info) = serde_json::from_str::<ClusterInfo>(&text) else {
         return Ok(());
     };
+    let mut ports = info.ports().to_vec();
+    if let Some(k) = &info.kubelet {
+        kubelet_cleanup(name)?;
+        // The API server and the kubelet listened on the node's address,
+        // which is gone now (a probe would route off this host); their
+        // processes are. The node's other ports are on 127.0.0.1.
+        ports = vec![
+            info.etcd_port,
+            info.etcd_peer_port,
+            k.kubelet_healthz_port,
+            k.proxy_healthz_port,
+            k.proxy_metrics_port,
+        ];
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let busy: Vec<u16> = info
-            .ports()
-            .into_iter()
+        let busy: Vec<u16> = ports
+            .iter()
+            .copied()
             .filter(|p| port_listening(*p))
             .collect();
         if busy.is_empty() {
@@ -617,5 +702,26 @@ fn stop_dir(name: &str, dir: &Path) -> Result<(), Error> {
             });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// After a kubelet-node cluster's supervisor is gone: if the host's record
+/// still names the cluster (it crashed, or was killed), undo its changes.
+fn kubelet_cleanup(name: &str) -> Result<(), Error> {
+    if kubelet::host::read_record().is_none_or(|r| r.cluster != name) {
+        return Ok(());
+    }
+    // Held by a live supervisor: that one cleans up itself.
+    let Ok(_lock) = kubelet::NodeLock::acquire(false) else {
+        return Ok(());
+    };
+    let failed = kubelet::teardown_for(name);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::StopFailed {
+            name: name.to_string(),
+            what: failed.join("; "),
+        })
     }
 }

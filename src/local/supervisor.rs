@@ -44,6 +44,12 @@ enum Wait {
 /// spawned from the main thread (the parent-death signal follows the thread).
 pub fn supervise(name: &str) -> anyhow::Result<()> {
     let info = super::load(name)?;
+    // The kubelet node's host lock, handed over by `up`: held until every
+    // host change is undone (it is released when this process exits).
+    let _lock = match &info.kubelet {
+        Some(_) => Some(crate::kubelet::NodeLock::inherited_or_acquire()?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +77,14 @@ impl Supervisor {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        self.write_node_options()?;
+        if let Some(k) = self.info.kubelet.clone() {
+            // Before the API server: it binds the node's address.
+            self.phase("node-host");
+            crate::kubelet::setup(&self.info, &k)
+                .map_err(|e| self.fail("node-host", &e.to_string()))?;
+        } else {
+            self.write_node_options()?;
+        }
 
         self.phase("etcd");
         self.spawn(Component::Etcd)?;
@@ -98,10 +111,19 @@ impl Supervisor {
             return Ok(());
         }
 
-        self.phase("controllers");
-        self.spawn(Component::ControllerManager)?;
-        self.spawn(Component::Scheduler)?;
-        self.spawn(Component::Node)?;
+        if let Some(k) = self.info.kubelet.clone() {
+            if let Wait::Stop = self
+                .start_kubelet_node(&k, &client, &mut term, &mut int)
+                .await?
+            {
+                return Ok(());
+            }
+        } else {
+            self.phase("controllers");
+            self.spawn(Component::ControllerManager)?;
+            self.spawn(Component::Scheduler)?;
+            self.spawn(Component::Node)?;
+        }
         self.phase("ready");
         let node = self.info.node_name.clone();
         if let Wait::Stop = self
@@ -119,6 +141,48 @@ impl Supervisor {
             self.started.elapsed().as_secs_f64()
         );
         self.monitor(&mut term, &mut int).await
+    }
+
+    /// The kubelet node: containerd (and the images), then the
+    /// controllers, the kubelet and kube-proxy; waits for kube-proxy's first
+    /// sync so Pods can reach the API server from their first moment.
+    async fn start_kubelet_node(
+        &mut self,
+        k: &crate::kubelet::KubeletNode,
+        client: &kube::Client,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<Wait> {
+        crate::kubelet::bind_kubelet_api_admin(client)
+            .await
+            .map_err(|e| {
+                self.fail(
+                    "kube-apiserver",
+                    &format!("binding system:kubelet-api-admin: {e:#}"),
+                )
+            })?;
+        self.phase("containerd");
+        self.spawn(Component::Containerd)?;
+        let info = self.info.clone();
+        if let Wait::Stop = self
+            .wait("containerd", term, int, async || {
+                crate::kubelet::containerd_ready(&info).await
+            })
+            .await?
+        {
+            return Ok(Wait::Stop);
+        }
+        crate::kubelet::import_images(&self.info, k)
+            .map_err(|e| self.fail("containerd", &e.to_string()))?;
+        self.phase("controllers-kubelet");
+        self.spawn(Component::ControllerManager)?;
+        self.spawn(Component::Scheduler)?;
+        self.spawn(Component::Kubelet)?;
+        self.spawn(Component::KubeProxy)?;
+        self.wait("kube-proxy", term, int, async || {
+            crate::kubelet::proxy_ready(k).await
+        })
+        .await
     }
 
     fn write_node_options(&self) -> anyhow::Result<()> {
@@ -195,6 +259,9 @@ impl Supervisor {
             // unless the user asked for more.
             let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
             cmd.env("RUST_LOG", level);
+        }
+        if let Some(k) = &self.info.kubelet {
+            cmd.env("PATH", crate::kubelet::path_env(k));
         }
         crate::sys::die_with_parent(&mut cmd);
         cmd.spawn()
@@ -304,6 +371,11 @@ impl Supervisor {
                 Component::Node => Duration::from_secs(35),
                 _ => Duration::from_secs(10),
             };
+            if let (Component::Containerd, Some(k)) = (r.component, &self.info.kubelet) {
+                // The kubelet is stopped: remove every Pod sandbox through
+                // the CRI while containerd still runs.
+                crate::kubelet::remove_sandboxes(&self.info, k);
+            }
             if let Ok(None) = r.child.try_wait() {
                 let _ = kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM);
                 let deadline = Instant::now() + grace;
@@ -314,7 +386,13 @@ impl Supervisor {
                 let _ = r.child.wait();
             }
         }
-        crate::node::kill_leftovers(&self.info.dir.join("node"));
+        if self.info.kubelet.is_some() {
+            for f in crate::kubelet::teardown_for(&self.info.name) {
+                eprintln!("supervisor: could not undo on the host: {f}");
+            }
+        } else {
+            crate::node::kill_leftovers(&self.info.dir.join("node"));
+        }
         self.status.phase = "stopped".into();
         self.status
             .components

@@ -221,6 +221,8 @@ pub struct UpArgs {
     pub api_port: Option<u16>,
     /// Local: no audit log.
     pub no_audit_log: bool,
+    /// Local: which node (`--node`; else `$SA_LAB_NODE`, else the sandbox).
+    pub node: Option<crate::kubelet::NodeKind>,
 }
 
 /// `sa-lab up` for the chosen provider.
@@ -232,6 +234,8 @@ pub async fn up(args: &UpArgs) -> Result<Started, ConnectError> {
                 name: name.unwrap_or(local::DEFAULT_NAME).to_string(),
                 api_port: args.api_port,
                 no_audit_log: args.no_audit_log,
+                node: args.node,
+                ..Default::default()
             })
             .await?;
             Ok(Started::Local(info))

@@ -279,7 +279,7 @@ pub fn broad_bindings(bindings: &[ClusterRoleBinding], roles: &[ClusterRole]) ->
     let mut found = Vec::new();
     for crb in bindings {
         let role = &crb.role_ref.name;
-        if crb.role_ref.kind != "ClusterRole" || !is_broad_role(role, roles) {
+        if crb.role_ref.kind != "ClusterRole" || !crate::rbac::is_broad_cluster_role(role, roles) {
             continue;
         }
         for subject in crb.subjects.iter().flatten() {
@@ -296,45 +296,19 @@ pub fn broad_bindings(bindings: &[ClusterRoleBinding], roles: &[ClusterRole]) ->
     found
 }
 
-/// `cluster-admin`, or a ClusterRole with a rule whose verbs or resources
-/// hold `*`.
-fn is_broad_role(name: &str, roles: &[ClusterRole]) -> bool {
-    if name == "cluster-admin" {
-        return true;
-    }
-    let Some(role) = roles
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(name))
-    else {
-        return false;
-    };
-    role.rules.iter().flatten().any(|rule| {
-        let star = |v: &[String]| v.iter().any(|s| s == "*");
-        star(&rule.verbs) || rule.resources.as_deref().is_some_and(star)
-    })
-}
-
 /// How a subject is named in a problem, if it is one that must never hold
-/// broad rights.
+/// broad rights: one every ServiceAccount (or everyone) matches, or a
+/// `default` ServiceAccount.
 fn risky_subject(subject: &Subject) -> Option<String> {
-    let name = subject.name.as_str();
-    match subject.kind.as_str() {
-        "Group"
-            if matches!(
-                name,
-                "system:serviceaccounts" | "system:authenticated" | "system:unauthenticated"
-            ) || name.starts_with("system:serviceaccounts:") =>
-        {
-            Some(format!("group {name}"))
-        }
-        "ServiceAccount" if name == "default" => Some(format!(
-            "serviceaccount {}/default",
-            subject.namespace.as_deref().unwrap_or("?")
-        )),
-        "User" if name == "system:anonymous" => Some(format!("user {name}")),
-        "User" if name.starts_with("system:serviceaccount:") && name.ends_with(":default") => {
-            Some(format!("user {name}"))
-        }
+    match crate::rbac::reach(subject, None) {
+        r @ crate::rbac::Reach::Crowd(_) => Some(r.describe()),
+        r if r.is_default_service_account() => Some(match subject.kind.as_str() {
+            "User" => format!("user {}", subject.name),
+            _ => format!(
+                "serviceaccount {}/default",
+                subject.namespace.as_deref().unwrap_or("?")
+            ),
+        }),
         _ => None,
     }
 }

@@ -46,12 +46,42 @@ pub fn require_binaries() {
     }
 }
 
+/// Whether the kubelet node's tests run: it needs root (with
+/// CAP_SYS_ADMIN and CAP_NET_ADMIN). Without, they fail, saying so, unless
+/// `SA_LAB_SKIP_KUBELET=1`, which `scripts/test.sh` sets (and says) only
+/// when it is not root; CI runs as root.
+pub fn kubelet_node_possible() -> bool {
+    require_binaries();
+    match sa_lab::kubelet::host::require_root() {
+        Ok(()) => true,
+        Err(e) if std::env::var("SA_LAB_SKIP_KUBELET").is_ok_and(|v| v == "1") => {
+            eprintln!("SKIPPED (SA_LAB_SKIP_KUBELET=1): {e}");
+            false
+        }
+        Err(e) => panic!("the kubelet node's tests need root: {e}"),
+    }
+}
+
 impl TestCluster {
     /// Starts a fresh local cluster named `t-<name>-<pid>-<n>`.
     pub async fn start(name: &str) -> TestCluster {
         Self::try_start(name)
             .await
             .unwrap_or_else(|e| panic!("sa-lab up failed: {e}"))
+    }
+
+    /// Starts a fresh local cluster with the kubelet node, whatever
+    /// `$SA_LAB_NODE` says (waits while another one runs on this host).
+    pub async fn start_kubelet(name: &str) -> TestCluster {
+        let info = local::up(&UpOptions {
+            name: unique(&format!("t-{name}")),
+            node: Some(sa_lab::kubelet::NodeKind::Kubelet),
+            wait_for_node: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("sa-lab up --node kubelet failed: {e}"));
+        TestCluster { info, owned: true }
     }
 
     pub async fn try_start(name: &str) -> Result<TestCluster, local::Error> {
@@ -63,8 +93,11 @@ impl TestCluster {
         }
         require_binaries();
         let cluster = unique(&format!("t-{name}"));
+        // The node is $SA_LAB_NODE's (sandbox by default). Only one kubelet
+        // node runs per host: a test waits for the host lock instead of failing.
         let info = local::up(&UpOptions {
             name: cluster,
+            wait_for_node: true,
             ..Default::default()
         })
         .await?;
@@ -178,6 +211,7 @@ fn kind_cluster() -> TestCluster {
         kubernetes_version: sa_lab::KUBERNETES_VERSION.to_string(),
         // Reading kind's audit log is not wired up: reasons are absent there.
         audit_log: false,
+        kubelet: None,
     };
     TestCluster { info, owned: false }
 }

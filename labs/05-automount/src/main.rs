@@ -43,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
             ProbeRow::simple("incluster", outcome, status, &who)
         }
         // kube's own error, word for word.
-        Err(e) => ProbeRow::simple("incluster", Outcome::Error, None, &e.to_string()),
+        Err(e) => {
+            ProbeRow::simple("incluster", Outcome::Error, None, &e.to_string())
+        }
     };
     report.rows.push(row);
     // ANCHOR_END: client
@@ -67,7 +69,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result<()> {
+async fn without_mounted_token(
+    report: &mut Report,
+    dir: &str,
+) -> anyhow::Result<()> {
     let server = lab_kit::apiserver_url_from_env()?;
     let ca = std::fs::read(format!("{dir}/ca.crt"))?;
     let pods = format!("{server}/api/v1/namespaces/production/pods");
@@ -105,7 +110,10 @@ async fn without_mounted_token(report: &mut Report, dir: &str) -> anyhow::Result
 }
 
 /// The same GET with a token projected explicitly for the API server.
-async fn with_explicit_api_token(report: &mut Report, dir: &str) -> anyhow::Result<()> {
+async fn with_explicit_api_token(
+    report: &mut Report,
+    dir: &str,
+) -> anyhow::Result<()> {
     let server = lab_kit::apiserver_url_from_env()?;
     let ca = std::fs::read(format!("{dir}/ca.crt"))?;
     let pods = format!("{server}/api/v1/namespaces/production/pods");

@@ -48,13 +48,18 @@ pub fn tls_trusting(ca_pem: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
 
 /// GET `url`, trusting only `ca_pem`, sending `Authorization: Bearer
 /// <token>` if a token is given (none = anonymous).
-pub async fn get(url: &str, ca_pem: &[u8], token: Option<&str>) -> anyhow::Result<RawResponse> {
+pub async fn get(
+    url: &str,
+    ca_pem: &[u8],
+    token: Option<&str>,
+) -> anyhow::Result<RawResponse> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_trusting(ca_pem)?)
         .https_only()
         .enable_http1()
         .build();
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let client: Client<_, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(https);
     // ANCHOR: bearer
     let mut req = http::Request::get(url);
     if let Some(token) = token {

@@ -6,7 +6,8 @@ use base64::Engine as _;
 /// The claims (payload) of a compact JWT, as JSON.
 pub fn decode_payload(token: &str) -> anyhow::Result<serde_json::Value> {
     let mut parts = token.trim().split('.');
-    let (Some(_header), Some(payload), Some(_sig)) = (parts.next(), parts.next(), parts.next())
+    let (Some(_header), Some(payload), Some(_sig)) =
+        (parts.next(), parts.next(), parts.next())
     else {
         anyhow::bail!("not a JWT: expected header.payload.signature");
     };
@@ -58,7 +59,8 @@ mod tests {
     #[test]
     fn decodes_payload() {
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = engine.encode(br#"{"sub":"system:serviceaccount:p:a","iat":1}"#);
+        let payload =
+            engine.encode(br#"{"sub":"system:serviceaccount:p:a","iat":1}"#);
         let token = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln");
         let claims = decode_payload(&token).unwrap();
         assert_eq!(claims["sub"], "system:serviceaccount:p:a");

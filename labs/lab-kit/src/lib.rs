@@ -26,7 +26,8 @@ pub const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/toke
 /// The cluster CA bundle (from ConfigMap `kube-root-ca.crt`).
 pub const CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// The Pod's namespace.
-pub const NAMESPACE_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+pub const NAMESPACE_PATH: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// Env var naming the termination message file (the sandbox node and tests
 /// may set it); otherwise [`DEFAULT_TERMINATION_LOG`].

@@ -215,7 +215,8 @@ impl Probe {
         let body = match &self.body {
             Some(b) => serde_json::to_vec(b).unwrap_or_default(),
             None if self.verb == "delete" => {
-                br#"{"kind":"DeleteOptions","apiVersion":"v1","dryRun":["All"]}"#.to_vec()
+                br#"{"kind":"DeleteOptions","apiVersion":"v1","dryRun":["All"]}"#
+                    .to_vec()
             }
             None => Vec::new(),
         };
@@ -233,7 +234,12 @@ impl Probe {
     }
 
     /// A row with this probe's attributes and the given result.
-    pub fn row(&self, actual: Outcome, status: Option<u16>, message: &str) -> ProbeRow {
+    pub fn row(
+        &self,
+        actual: Outcome,
+        status: Option<u16>,
+        message: &str,
+    ) -> ProbeRow {
         ProbeRow {
             id: self.id.clone(),
             verb: self.verb.clone(),
@@ -407,7 +413,8 @@ mod tests {
 
     #[test]
     fn messages() {
-        let forbidden = br#"{"kind":"Status","message":"pods is forbidden: nope","code":403}"#;
+        let forbidden =
+            br#"{"kind":"Status","message":"pods is forbidden: nope","code":403}"#;
         assert_eq!(message_of(403, forbidden), "pods is forbidden: nope");
         assert_eq!(message_of(401, b""), "HTTP 401");
         assert_eq!(

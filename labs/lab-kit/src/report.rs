@@ -76,12 +76,22 @@ impl ProbeRow {
             verb: verb.into(),
             resource: resource.into(),
             namespace: namespace.into(),
-            ..ProbeRow::simple(id, Outcome::from_status(status), Some(status), message)
+            ..ProbeRow::simple(
+                id,
+                Outcome::from_status(status),
+                Some(status),
+                message,
+            )
         }
     }
 
     /// A row that is not a resource request (a file check, a raw GET...).
-    pub fn simple(id: &str, actual: Outcome, status: Option<u16>, message: &str) -> ProbeRow {
+    pub fn simple(
+        id: &str,
+        actual: Outcome,
+        status: Option<u16>,
+        message: &str,
+    ) -> ProbeRow {
         ProbeRow {
             id: id.into(),
             verb: String::new(),
@@ -195,7 +205,9 @@ impl Report {
         t.set_header(["probe", "request", "result", "status", "message"]);
         for r in &self.rows {
             let result = match r.authorizer {
-                Some(a) if a != r.actual => format!("{} (authorizer: {a})", r.actual),
+                Some(a) if a != r.actual => {
+                    format!("{} (authorizer: {a})", r.actual)
+                }
                 _ => r.actual.to_string(),
             };
             t.add_row([
@@ -300,7 +312,8 @@ mod tests {
     #[test]
     fn the_log_line_keeps_every_message_whole() {
         let mut r = Report::new("03", "lab-03-rolebinding");
-        let long = "is attempting to grant RBAC permissions not currently held: ".repeat(40);
+        let long = "is attempting to grant RBAC permissions not currently held: "
+            .repeat(40);
         r.rows.push(
             ProbeRow::simple("bind-edit", Outcome::Forbidden, Some(403), &long)
                 .audited(Some("3f0e-aa".into())),

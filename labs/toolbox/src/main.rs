@@ -14,6 +14,7 @@
 //! lab-toolbox incluster         try Config::incluster(), print the error
 //! lab-toolbox message TEXT      write TEXT to the termination message, exit 0
 //! lab-toolbox get PATH          raw GET with the mounted token and ca.crt
+//! lab-toolbox connect ADDR      open a TCP connection to ADDR (ip:port, 3 s)
 //! ```
 
 use std::process::ExitCode;
@@ -22,7 +23,8 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 const USAGE: &str = "usage: lab-toolbox <exit N | sleep SECS | kill-self SIGNAL | \
-ls DIR | cat FILE | env | claims FILE | whoami | incluster | message TEXT | get PATH>";
+ls DIR | cat FILE | env | claims FILE | whoami | incluster | message TEXT | get PATH | \
+connect ADDR>";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -61,8 +63,9 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "sleep" => {
             let secs: f64 = arg(args, 1, "seconds")?.parse().context("seconds")?;
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term = tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            )?;
             println!("sleeping {secs}s");
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs_f64(secs)) => {
@@ -100,7 +103,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "cat" => {
             let file = arg(args, 1, "file")?;
-            let text = std::fs::read_to_string(file).with_context(|| format!("cat {file}"))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cat {file}"))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
@@ -117,7 +121,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "claims" => {
             let file = arg(args, 1, "token file")?;
-            let token = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("read {file}"))?;
             let claims = lab_kit::jwt::decode_payload(&token)?;
             println!("{}", serde_json::to_string_pretty(&claims)?);
             write_message(&claims);
@@ -138,7 +143,9 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "incluster" => match kube::Config::incluster() {
             Ok(c) => {
                 println!("ok: {}", c.cluster_url);
-                write_message(&json!({ "ok": true, "url": c.cluster_url.to_string() }));
+                write_message(
+                    &json!({ "ok": true, "url": c.cluster_url.to_string() }),
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -150,7 +157,8 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "message" => {
             let text = arg(args, 1, "text")?;
             let path = lab_kit::termination_log_path();
-            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("write {}", path.display()))?;
             println!("wrote {} bytes to {}", text.len(), path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -169,6 +177,35 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 "outcome": outcome,
                 "message": lab_kit::truncate(&res.message(), 300),
             }));
+            Ok(ExitCode::SUCCESS)
+        }
+        "connect" => {
+            // The outcome is the result, not an error: "connected",
+            // "refused", "unreachable", "timeout" or another OS error.
+            let addr: std::net::SocketAddr = arg(args, 1, "address")?
+                .parse()
+                .context("address as ip:port")?;
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            let outcome = match &attempt {
+                Ok(Ok(_)) => "connected".to_string(),
+                Ok(Err(e)) => match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "refused".into(),
+                    std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable => {
+                        "unreachable".into()
+                    }
+                    _ => format!("error: {e}"),
+                },
+                Err(_) => "timeout".into(),
+            };
+            println!("connect {addr}: {outcome}");
+            write_message(
+                &json!({ "address": addr.to_string(), "connect": outcome }),
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),

@@ -568,7 +568,9 @@ pub async fn bind_kubelet_api_admin(client: &kube::Client) -> anyhow::Result<()>
         "kind": "ClusterRoleBinding",
         "metadata": {
             "name": "sa-lab:apiserver-kubelet-client",
-            "labels": {"app.kubernetes.io/part-of": "sa-lab"},
+            // Not the course's label (app.kubernetes.io/part-of=sa-lab):
+            // a chapter's clean slate deletes what carries that one.
+            "labels": {"app.kubernetes.io/managed-by": "sa-lab"},
         },
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",

@@ -126,15 +126,29 @@ claim_cluster_dir() {
   printf 'kind\n' >"${dir}/provider"
 }
 
+# cluster_config DIR TEMPLATE: the cluster's own kind config in DIR, its
+# audit policy (src/audit-policy.yaml, the local provider's) and an empty
+# audit log beside it, all 0600: the node mounts them, and sa-lab reads the
+# log from DIR/logs as it does a local cluster's. Prints the config's path.
+cluster_config() {
+  local dir="$1" template="$2"
+  install -m 0600 "${REPO_ROOT}/src/audit-policy.yaml" "${dir}/audit-policy.yaml"
+  install -d -m 0700 "${dir}/logs"
+  [[ -f "${dir}/logs/audit.log" ]] || install -m 0600 /dev/null "${dir}/logs/audit.log"
+  sed "s|@CLUSTER_DIR@|${dir}|g" "${template}" >"${dir}/kind-config.yaml"
+  printf '%s\n' "${dir}/kind-config.yaml"
+}
+
 create_cluster() {
-  local name="$1" kubeconfig="$2" node_image="$3" args=()
+  local name="$1" kubeconfig="$2" node_image="$3" args=() dir
+  dir="$(dirname "${kubeconfig}")"
   if [[ "${node_image}" == "local" ]]; then
     local ref
     ref="$("${REPO_ROOT}/scripts/build-kind-node-image.sh")"
-    args=(--config "${REPO_ROOT}/kind/cluster-local.yaml" --image "${ref}")
+    args=(--config "$(cluster_config "${dir}" "${REPO_ROOT}/kind/cluster-local.yaml")" --image "${ref}")
     log "creating kind cluster ${name}: node image ${ref} (built on this machine), podman, network ${NETWORK}"
   else
-    args=(--config "${REPO_ROOT}/kind/cluster.yaml")
+    args=(--config "$(cluster_config "${dir}" "${REPO_ROOT}/kind/cluster.yaml")")
     log "creating kind cluster ${name}: upstream node image from kind/cluster.yaml (pulled the first time)"
   fi
   CLUSTER_CREATED=1

@@ -260,11 +260,26 @@ struct Grant<'a> {
     namespace: Option<&'a str>,
 }
 
+/// Part of the cluster's bootstrap policy: Kubernetes' own (label
+/// `kubernetes.io/bootstrapping=rbac-defaults`), or kubeadm's, which it
+/// names `kubeadm:*` and makes cluster-wide or in kube-system/kube-public
+/// (where only a cluster's admins write), such as anonymous `get` of the
+/// one ConfigMap `cluster-info` that joining nodes read.
 fn builtin(meta: &ObjectMeta) -> bool {
-    meta.labels
+    let labelled = meta
+        .labels
         .as_ref()
         .and_then(|l| l.get("kubernetes.io/bootstrapping"))
-        .is_some_and(|v| v == "rbac-defaults")
+        .is_some_and(|v| v == "rbac-defaults");
+    let kubeadm = meta
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("kubeadm:"))
+        && matches!(
+            meta.namespace.as_deref(),
+            None | Some("kube-system") | Some("kube-public")
+        );
+    labelled || kubeadm
 }
 
 fn name(meta: &ObjectMeta) -> String {
@@ -830,6 +845,19 @@ mod tests {
         assert_eq!(secrets.scope, "p");
         // Most severe first.
         assert!(found.windows(2).all(|w| w[0].severity >= w[1].severity));
+    }
+
+    #[test]
+    fn kubeadm_bootstrap_bindings_are_info_only_where_admins_write() {
+        let mut m = meta(Some("kube-public"), "kubeadm:bootstrap-signer-clusterinfo");
+        assert!(builtin(&m));
+        m.namespace = Some("production".into());
+        assert!(
+            !builtin(&m),
+            "a kubeadm: name in an ordinary namespace counts"
+        );
+        assert!(!builtin(&meta(Some("kube-system"), "my-binding")));
+        assert!(builtin(&meta(None, "kubeadm:get-nodes")));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks: medians over several runs, printed on stdout.
 #
-#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3] [AUDIT_RUNS=3]
+#   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
+#                    [AUDIT_RUNS=3] [CHECK_RUNS=10] [KIND_RUNS=3]
 #
 # 1. `sa-lab up` to ready, and each component's resident memory;
 # 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
@@ -10,7 +11,15 @@
 #    1 and 2 with the sandbox node, then (as root) with the kubelet node;
 # 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down);
 # 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000
-#    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory.
+#    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory;
+# 5. `sa-lab check` of a passing exercise (03-pods-only, its solution) on a
+#    running local cluster: a learner's feedback loop, every run counted
+#    (the first one also makes the exercise's namespace).
+# 6. on kind, when it can run here (rootful podman for the locally built node
+#    image, or Docker): `scripts/kind-up.sh` create -> ready with the node
+#    image cached (KIND_RUNS runs), then Pod create to Succeeded on that
+#    cluster (POD_RUNS runs). Where kind cannot run, it says why and skips.
+#    SA_LAB_KIND_NODE_IMAGE picks the node image as for kind-up (auto).
 # The e2e tests assert behaviour only; every timing lives here.
 # Everything runs the same debug build the README's commands use.
 set -o errexit -o nounset -o pipefail
@@ -20,13 +29,105 @@ readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
 
+# Stops every cluster a run left in the bench's state dir, then removes it.
+cleanup() {
+  local dir
+  for dir in "${SA_LAB_HOME}"/clusters/*/; do
+    [[ -d "${dir}" ]] || continue
+    target/debug/sa-lab down --name "$(basename "${dir}")" >/dev/null 2>&1 || true
+  done
+  rm -rf "${SA_LAB_HOME}"
+}
+
+# The wall time of "$@" in seconds (2 decimals); fails, saying so, if the
+# command does.
+elapsed() {
+  local start end
+  start="$(date +%s.%N)"
+  if ! "$@" >/dev/null 2>&1; then
+    echo "bench: failed: $*" >&2
+    return 1
+  fi
+  end="$(date +%s.%N)"
+  awk -v a="${start}" -v b="${end}" 'BEGIN { printf "%.2f", b - a }'
+}
+
+bench_check() {
+  local runs="$1" name="bench-check-$$" ws="${SA_LAB_HOME}/exercises" times=() i t
+  target/debug/sa-lab up --name "${name}" >/dev/null 2>&1
+  target/debug/sa-lab exercises init "${ws}" >/dev/null 2>&1
+  target/debug/sa-lab solution 03-pods-only --reveal --write --dir "${ws}" >/dev/null 2>&1
+  for ((i = 0; i < runs; i++)); do
+    t="$(SA_LAB_CLUSTER="${name}" elapsed target/debug/sa-lab check 03-pods-only --dir "${ws}")"
+    times+=("${t}")
+  done
+  target/debug/sa-lab down --name "${name}" >/dev/null 2>&1
+  printf 'sa-lab check 03-pods-only (passing) on a running local cluster, %d runs: median %s s (runs: %s)\n' \
+    "${runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+}
+
 median() {
   sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
+# Why kind cannot run here, or nothing.
+kind_unavailable() {
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    return 0
+  fi
+  if [[ "${SA_LAB_KIND_NODE_IMAGE:-auto}" == upstream ]]; then
+    echo "no Docker engine answers (the upstream node image needs one)"
+  elif [[ "$(id -u)" -ne 0 ]]; then
+    echo "no Docker engine, and the local node image needs root (rootful podman)"
+  elif ! command -v podman >/dev/null 2>&1 && ! command -v apt-get >/dev/null 2>&1; then
+    echo "neither Docker nor podman is installed"
+  fi
+}
+
+# The kind cluster bench_kind made, for the exit trap.
+KIND_BENCH_CLUSTER=""
+
+# kind_up NAME [ARGS...] / kind_down NAME: quiet, logging to the bench's state dir.
+kind_up() { scripts/kind-up.sh --name "$@" >/dev/null 2>>"${SA_LAB_HOME}/kind.log"; }
+kind_down() { scripts/kind-down.sh --name "$1" --no-logs >/dev/null 2>>"${SA_LAB_HOME}/kind.log"; }
+# kind_failed WHAT: the end of the kind log (the state dir goes on exit), then stop.
+kind_failed() {
+  tail -n 20 "${SA_LAB_HOME}/kind.log" >&2
+  die "kind: $1 failed (log above)"
+}
+
+bench_kind() {
+  local runs="$1" pod_runs="$2" why name i start times=() which
+  why="$(kind_unavailable)"
+  if [[ -n "${why}" ]]; then
+    echo "kind: not measured: ${why}"
+    return 0
+  fi
+  name="sa-lab-bench-$$"
+  KIND_BENCH_CLUSTER="${name}"
+  trap 'kind_down "${KIND_BENCH_CLUSTER}" || true; rm -rf "${SA_LAB_HOME}"' EXIT
+  # Not timed: the first bring-up builds (or finds cached) kind and the node image.
+  if ! kind_up "${name}" --skip-image || ! kind_down "${name}"; then
+    kind_failed "the first bring-up"
+  fi
+  for ((i = 0; i < runs; i++)); do
+    start="$(date +%s.%N)"
+    kind_up "${name}" --skip-image || kind_failed "kind-up"
+    times+=("$(awk -v a="${start}" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')")
+    which="$(cat "$(cluster_dir "${name}")/node-image")"
+    ((i == runs - 1)) || kind_down "${name}"
+  done
+  printf 'kind (%s node image) create -> ready, node image cached, %d runs: median %s s (runs: %s)\n' \
+    "${which}" "${runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+  kind_up "${name}" || kind_failed "loading the lab image"
+  SA_LAB_BENCH_KIND="${name}" cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- 0 "${pod_runs}"
+  kind_down "${name}"
+}
+
 main() {
   local up_runs="${1:-5}" pod_runs="${2:-20}" tour_runs="${3:-3}"
-  local delete_runs="${4:-5}" lease_renewals="${5:-3}" audit_runs="${6:-3}"
+  local delete_runs="${4:-5}" lease_renewals="${5:-3}" audit_runs="${6:-3}" check_runs="${7:-10}"
+  local kind_runs="${8:-3}"
   cd "${REPO_ROOT}"
   SA_LAB_K8S_BIN="$(scripts/install-k8s.sh)"
   export SA_LAB_K8S_BIN SA_LAB_QUIET=1
@@ -36,24 +137,26 @@ main() {
   fi
   SA_LAB_HOME="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-bench.XXXXXX")"
   export SA_LAB_HOME
-  trap 'rm -rf "${SA_LAB_HOME}"' EXIT
+  trap cleanup EXIT
   cargo build --workspace --bins --locked --quiet
 
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- \
     "${up_runs}" "${pod_runs}" "${delete_runs}" "${lease_renewals}"
 
-  local times=() i start end
+  local times=() i t
   for ((i = 0; i < tour_runs; i++)); do
-    start="$(date +%s.%N)"
-    target/debug/sa-lab tour >/dev/null 2>&1
-    end="$(date +%s.%N)"
-    times+=("$(awk -v a="${start}" -v b="${end}" 'BEGIN { printf "%.2f", b - a }')")
+    t="$(elapsed target/debug/sa-lab tour)"
+    times+=("${t}")
   done
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
     "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
 
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench audit -- 200 "${audit_runs}"
+  bench_check "${check_runs}"
+  bench_kind "${kind_runs}" "${pod_runs}"
 }
 
-main "$@"
+if [[ "${BASH_SOURCE[0]}" == "${0}" ]]; then
+  main "$@"
+fi

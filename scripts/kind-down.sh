@@ -12,23 +12,68 @@
 # kubeconfig if scripts/kind-up.sh --export-to-default put it there, and
 # <state>/clusters/<name> removed (only if scripts/kind-up.sh made it: a local
 # provider cluster of the same name is never touched).
+#
+# With the local node image (podman), the node's podman network goes too, and
+# the script counts what podman still holds of the cluster (containers,
+# volumes, networks): anything left fails the run. The node image stays: it
+# is the cache scripts/kind-up.sh reuses (podman rmi it to free the space).
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
-KIND="${KIND:-kind}"
-DOCKER="${DOCKER:-docker}"
+# shellcheck source-path=SCRIPTDIR source=kind-lib.sh
+source "${REPO_ROOT}/scripts/kind-lib.sh"
 
 CLUSTER_NAME=""
 CLEANED_UP=0
 
+# The engine that runs cluster NAME: what kind-up recorded, else podman if
+# it holds the cluster's node, else Docker.
+engine_of() {
+  local name="$1" dir
+  dir="$(cluster_dir "${name}")"
+  if [[ -f "${dir}/node-image" ]]; then
+    [[ "$(cat "${dir}/node-image")" == local ]] && echo podman || echo docker
+  elif command -v podman >/dev/null 2>&1 &&
+    [[ -n "$(podman ps -a -q --filter "label=io.x-k8s.kind.cluster=${name}" 2>/dev/null)" ]]; then
+    echo podman
+  else
+    echo docker
+  fi
+}
+
 require_tools() {
-  command -v "${KIND}" >/dev/null 2>&1 ||
-    die "kind is not installed: nothing to delete with (see ${REPO_ROOT}/scripts/kind-up.sh --help)"
-  require_engine "kind clusters are Docker containers" \
-    "install Docker Engine or Docker Desktop, then run this script again"
+  local name="$1"
+  if [[ -z "${KIND:-}" ]]; then
+    KIND="$("${REPO_ROOT}/scripts/install-kind.sh" --print)"
+    [[ -x "${KIND}" ]] || KIND="$(command -v kind || true)"
+  fi
+  [[ -n "${KIND}" && -x "${KIND}" ]] ||
+    die "kind is not installed: nothing to delete with (scripts/install-kind.sh builds it)"
+  export KIND
+  if [[ "$(engine_of "${name}")" == podman ]]; then
+    use_podman "${name}"
+  else
+    use_docker
+    require_engine "kind clusters are Docker containers" \
+      "install Docker Engine or Docker Desktop, then run this script again"
+  fi
+}
+
+# After a podman cluster is gone: its network, then a count of what is left.
+check_podman_leftovers() {
+  local name="$1" line left=()
+  remove_node_network "${name}"
+  release_lib_modules
+  while read -r line; do
+    [[ "${line%% *}" -eq 0 ]] || left+=("${line}")
+  done < <(leftovers "${name}")
+  [[ ${#left[@]} -eq 0 ]] ||
+    die "podman still holds ${left[*]} of kind cluster ${name}" \
+      "see: podman ps -a, podman volume ls, podman network ls"
+  ok "nothing left of ${name}: 0 containers, 0 volumes, 0 networks (the node image stays cached)"
 }
 
 is_kind_dir() {
@@ -69,7 +114,7 @@ main() {
   [[ "${name}" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "invalid cluster name '${name}': use lower-case letters, digits and '-'"
   umask 077
-  require_tools
+  require_tools "${name}"
   CLUSTER_NAME="${name}"
   trap cleanup EXIT
 
@@ -87,6 +132,7 @@ main() {
   else
     ok "no kind cluster named ${name}"
   fi
+  [[ "${ENGINE}" != podman ]] || check_podman_leftovers "${name}"
 
   if is_kind_dir "${dir}"; then
     if [[ -f "${dir}/exported-to-default" ]]; then

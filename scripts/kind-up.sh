@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
 # Create (or reuse) the sa-lab kind cluster and load the lab image into it.
 #
-#   scripts/kind-up.sh [--name NAME] [--export-to-default] [--skip-image]
-#                      [--recreate] [--keep-on-failure]
+#   scripts/kind-up.sh [--name NAME] [--node-image auto|local|upstream]
+#                      [--export-to-default] [--skip-image] [--recreate]
+#                      [--keep-on-failure]
 #
 #   --name NAME           cluster name (default: $SA_LAB_KIND_CLUSTER, else sa-lab-kind)
+#   --node-image WHICH    local: the node image built on this machine
+#                         (scripts/build-kind-node-image.sh), run by rootful podman;
+#                         no Docker, no registry, nothing leaves the machine.
+#                         upstream: kind's kindest/node image (kind/cluster.yaml),
+#                         pulled by Docker.
+#                         auto (default; also $SA_LAB_KIND_NODE_IMAGE): upstream
+#                         when a Docker engine answers, else local.
 #   --export-to-default   also write the cluster into your default kubeconfig
 #                         ($KUBECONFIG or ~/.kube/config) and switch to its context
 #   --skip-image          do not build and load the lab image (reuse what is loaded)
 #   --recreate            delete an existing cluster of that name first
 #   --keep-on-failure     keep a cluster this run created even if a later step fails
 #
-# The cluster comes from kind/cluster.yaml (Kubernetes and kind versions pinned
-# there and below). Its kubeconfig is written, mode 0600, to
+# kind itself is built from its Go module (scripts/install-kind.sh) unless
+# KIND names a kind binary. Its kubeconfig is written, mode 0600, to
 #   ${SA_LAB_HOME:-${XDG_STATE_HOME:-$HOME/.local/state}/sa-lab}/clusters/<name>/kubeconfig
 # and never to ~/.kube/config unless --export-to-default is given. The lab image
 # sa-lab-labs:<workspace version> is built (scripts/build-lab-image.sh) and
-# loaded with `kind load docker-image`. Running it again is safe: an existing
-# cluster is reused, its kubeconfig rewritten and the image reloaded.
-# On failure the cluster's logs are saved under <state>/logs/kind-<name>/.
+# loaded into the node. Running it again is safe: an existing cluster is
+# reused, its kubeconfig rewritten and the image reloaded. On failure the
+# cluster's logs are saved under <state>/logs/kind-<name>/.
+#
+# With the local node image, the node sits on a podman network of its own
+# (internal: no route off it; subnet $SA_LAB_KIND_SUBNET, default 10.89.240.0/24)
+# and podman reads kind/containers.conf (through CONTAINERS_CONF). Before
+# anything is created, the node, Pod and Service networks are checked against
+# the host's routes and resolvers: a collision stops here.
 #
 # Progress goes to stderr; the kubeconfig path is printed on stdout.
 set -o errexit -o nounset -o pipefail
@@ -27,12 +41,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${REPO_ROOT}/scripts/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=kind-lib.sh
+source "${REPO_ROOT}/scripts/kind-lib.sh"
 # The kind release the node image in kind/cluster.yaml was built for. A node
 # image is supported only with the kind release that built it.
 readonly KIND_VERSION="v0.33.0"
-readonly KIND_CONFIG="${REPO_ROOT}/kind/cluster.yaml"
-KIND="${KIND:-kind}"
-DOCKER="${DOCKER:-docker}"
 
 # Set by main, read by cleanup.
 CLUSTER_NAME=""
@@ -48,10 +61,12 @@ check_name() {
 }
 
 require_kind() {
+  if [[ -z "${KIND:-}" ]]; then
+    KIND="$("${REPO_ROOT}/scripts/install-kind.sh")"
+  fi
   command -v "${KIND}" >/dev/null 2>&1 ||
-    die "kind is not installed" \
-      "install the pinned release: go install sigs.k8s.io/kind@${KIND_VERSION}" \
-      "(or download ${KIND_VERSION} from the kind releases page), then run this again"
+    die "kind is not installed (KIND=${KIND})" \
+      "build the pinned release: scripts/install-kind.sh (or go install sigs.k8s.io/kind@${KIND_VERSION})"
   local version
   version="$("${KIND}" version 2>/dev/null | awk '{print $2}')"
   if [[ "${version}" != "${KIND_VERSION}" ]]; then
@@ -59,23 +74,40 @@ require_kind() {
       warn "kind ${version:-unknown} is not the pinned ${KIND_VERSION}; going on (SA_LAB_KIND_ANY_VERSION=1)"
     else
       die "kind ${version:-unknown} is not the pinned ${KIND_VERSION}" \
-        "the node image in kind/cluster.yaml is built for kind ${KIND_VERSION}:" \
-        "go install sigs.k8s.io/kind@${KIND_VERSION} (or set SA_LAB_KIND_ANY_VERSION=1 to try anyway)"
+        "the node images are built for kind ${KIND_VERSION}:" \
+        "scripts/install-kind.sh builds it (or set SA_LAB_KIND_ANY_VERSION=1 to try anyway)"
     fi
   fi
+  export KIND
 }
 
 # The Kubernetes minor of the kind node image must be the local control plane's.
 check_config_minor() {
-  [[ -f "${KIND_CONFIG}" ]] || die "missing ${KIND_CONFIG}"
-  local node_minor local_version local_minor
-  node_minor="$(sed -n 's|^[[:space:]]*image:[[:space:]]*kindest/node:v1\.\([0-9]*\)\..*|\1|p' "${KIND_CONFIG}" | head -n1)"
+  local config="${REPO_ROOT}/kind/cluster.yaml" node_minor local_version local_minor
+  [[ -f "${config}" ]] || die "missing ${config}"
+  node_minor="$(sed -n 's|^[[:space:]]*image:[[:space:]]*kindest/node:v1\.\([0-9]*\)\..*|\1|p' "${config}" | head -n1)"
   local_version="$(sed -n 's|^[[:space:]]*k8s.io/kubernetes \(v[0-9.]*\).*$|\1|p' "${REPO_ROOT}/tools/k8sbin/go.mod" | head -n1)"
   local_minor="$(printf '%s' "${local_version}" | cut -d. -f2)"
-  [[ -n "${node_minor}" ]] || die "no kindest/node image in ${KIND_CONFIG}"
+  [[ -n "${node_minor}" ]] || die "no kindest/node image in ${config}"
   [[ "${node_minor}" == "${local_minor}" ]] ||
     die "kind/cluster.yaml runs Kubernetes 1.${node_minor} but the local provider pins ${local_version}" \
       "keep both on the same minor"
+}
+
+# Picks the node image from WHICH (auto|local|upstream): prints "local" or
+# "upstream", a tab, and why.
+choose_node_image() {
+  case "$1" in
+    local | upstream) printf '%s\tasked for (--node-image or SA_LAB_KIND_NODE_IMAGE)\n' "$1" ;;
+    auto)
+      if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+        printf 'upstream\ta Docker engine answers (--node-image local to build one here)\n'
+      else
+        printf 'local\tno Docker engine answers here\n'
+      fi
+      ;;
+    *) die "--node-image $1: expected auto, local or upstream" ;;
+  esac
 }
 
 # A clusters/<name> directory that is not ours belongs to the local provider:
@@ -94,46 +126,99 @@ claim_cluster_dir() {
   printf 'kind\n' >"${dir}/provider"
 }
 
+# cluster_config DIR TEMPLATE: the cluster's own kind config in DIR, its
+# audit policy (src/audit-policy.yaml, the local provider's) and an empty
+# audit log beside it, all 0600: the node mounts them, and sa-lab reads the
+# log from DIR/logs as it does a local cluster's. Prints the config's path.
+cluster_config() {
+  local dir="$1" template="$2"
+  install -m 0600 "${REPO_ROOT}/src/audit-policy.yaml" "${dir}/audit-policy.yaml"
+  install -d -m 0700 "${dir}/logs"
+  [[ -f "${dir}/logs/audit.log" ]] || install -m 0600 /dev/null "${dir}/logs/audit.log"
+  sed "s|@CLUSTER_DIR@|${dir}|g" "${template}" >"${dir}/kind-config.yaml"
+  printf '%s\n' "${dir}/kind-config.yaml"
+}
+
 create_cluster() {
-  local name="$1" kubeconfig="$2"
-  log "creating kind cluster ${name} from kind/cluster.yaml (pulls the node image the first time)"
+  local name="$1" kubeconfig="$2" node_image="$3" args=() dir
+  dir="$(dirname "${kubeconfig}")"
+  if [[ "${node_image}" == "local" ]]; then
+    local ref
+    ref="$("${REPO_ROOT}/scripts/build-kind-node-image.sh")"
+    args=(--config "$(cluster_config "${dir}" "${REPO_ROOT}/kind/cluster-local.yaml")" --image "${ref}")
+    log "creating kind cluster ${name}: node image ${ref} (built on this machine), podman, network ${NETWORK}"
+  else
+    args=(--config "$(cluster_config "${dir}" "${REPO_ROOT}/kind/cluster.yaml")")
+    log "creating kind cluster ${name}: upstream node image from kind/cluster.yaml (pulled the first time)"
+  fi
   CLUSTER_CREATED=1
-  "${KIND}" create cluster --name "${name}" --config "${KIND_CONFIG}" \
-    --kubeconfig "${kubeconfig}" --wait 5m >&2
-  ok "created kind cluster ${name}"
+  local start="${SECONDS}"
+  "${KIND}" create cluster --name "${name}" "${args[@]}" --kubeconfig "${kubeconfig}" --wait 5m >&2
+  ok "created kind cluster ${name} ($((SECONDS - start)) s)"
 }
 
 write_kubeconfig() {
-  local name="$1" kubeconfig="$2" tmp
+  local name="$1" kubeconfig="$2" node_image="$3" tmp
   tmp="$(mktemp "${kubeconfig}.XXXXXX")"
   "${KIND}" get kubeconfig --name "${name}" >"${tmp}"
+  if [[ "${node_image}" == local ]]; then
+    # podman forwards no port into an internal network: the host reaches the
+    # API server at the node's address on the bridge (in kubeadm's serving
+    # certificate, as the advertise address), not at kind's 127.0.0.1 port.
+    local ip
+    ip="$(node_ip "${name}")"
+    [[ -n "${ip}" ]] || die "no address for ${name}-control-plane on network $(node_network "${name}")"
+    sed -i "s|^\(\s*server:\s*\)https://127\.0\.0\.1:[0-9]*\s*\$|\1https://${ip}:6443|" "${tmp}"
+    grep -q "server: https://${ip}:6443" "${tmp}" || die "could not point the kubeconfig at ${ip}:6443"
+  fi
   chmod 0600 "${tmp}"
   mv -f "${tmp}" "${kubeconfig}"
   ok "kubeconfig written to ${kubeconfig} (context kind-${name})"
 }
 
+# CoreDNS that answers cluster names only (kind/coredns.yaml), on the local
+# node image, where kubeadm's own is turned off.
+apply_coredns() {
+  local name="$1"
+  log "CoreDNS for cluster names only (kind/coredns.yaml: no forwarding)"
+  node_kubectl "${name}" apply -f - <"${REPO_ROOT}/kind/coredns.yaml" >/dev/null
+  node_kubectl "${name}" --namespace kube-system rollout status deployment/coredns --timeout=180s >/dev/null ||
+    die "CoreDNS did not become ready in 180 s" \
+      "see: ${ENGINE} exec ${name}-control-plane kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-system describe pods -l k8s-app=kube-dns"
+  ok "CoreDNS ready"
+}
+
 # Ready for lab Pods: what the local provider waits for too. Asked through the
-# node's own kubectl, so the host needs no kubectl.
+# node's own kubectl (--wait watches, no polling), so the host needs no kubectl.
 wait_ready() {
-  local name="$1" node="${1}-control-plane" i
+  local name="$1" i
   log "waiting for the default ServiceAccount and kube-root-ca.crt in namespace default"
-  for ((i = 0; i < 120; i++)); do
-    if "${DOCKER}" exec "${node}" kubectl --kubeconfig /etc/kubernetes/admin.conf \
-      get --namespace default serviceaccount/default configmap/kube-root-ca.crt >/dev/null 2>&1; then
-      ok "cluster ${name} is ready for lab Pods"
-      return 0
-    fi
-    sleep 1
+  for i in serviceaccount/default configmap/kube-root-ca.crt; do
+    node_kubectl "${name}" --namespace default wait --for=create "${i}" --timeout=120s >/dev/null ||
+      die "cluster ${name}: no ${i} in namespace default after 120 s" \
+        "is kube-controller-manager running? ${ENGINE} exec ${name}-control-plane crictl ps"
   done
-  die "cluster ${name}: no default ServiceAccount or kube-root-ca.crt after 120 s" \
-    "is kube-controller-manager running? docker exec ${node} crictl ps"
+  ok "cluster ${name} is ready for lab Pods"
 }
 
 load_image() {
-  local name="$1" tag
-  tag="$("${REPO_ROOT}/scripts/build-lab-image.sh" --docker)"
-  log "loading ${tag} into kind cluster ${name}"
-  "${KIND}" load docker-image "${tag}" --name "${name}" >&2
+  local name="$1" built tag
+  tag="$("${REPO_ROOT}/scripts/build-lab-image.sh" --print-tag)"
+  # An OCI archive built here (its path), or an image in Docker's store (its
+  # tag). Under the usual umask: this script's 077 would make the image's
+  # directories unreadable to the lab's non-root user (exit 127 in the Pod).
+  built="$(umask 022 && "${REPO_ROOT}/scripts/build-lab-image.sh")"
+  if [[ -f "${built}" ]]; then
+    log "loading ${tag} into kind cluster ${name} (kind load image-archive ${built})"
+    "${KIND}" load image-archive "${built}" --name "${name}" >&2
+  else
+    log "loading ${built} into kind cluster ${name} (kind load docker-image)"
+    "${KIND}" load docker-image "${built}" --name "${name}" >&2
+  fi
+  # The node's containerd must now know the name the lab manifests use.
+  node_has_image "${name}" "${tag}" ||
+    die "${tag} is not in the node's containerd after kind load" \
+      "an OCI archive must name the image (annotation io.containerd.image.name): ${built}"
   ok "loaded ${tag} (lab Pods use imagePullPolicy: IfNotPresent, so the kubelet uses it)"
 }
 
@@ -163,6 +248,7 @@ cleanup() {
       "${KIND}" delete cluster --name "${CLUSTER_NAME}" \
         --kubeconfig "$(cluster_dir "${CLUSTER_NAME}")/kubeconfig" >/dev/null 2>&1 || true
     fi
+    remove_node_network "${CLUSTER_NAME}"
     rm -rf -- "$(cluster_dir "${CLUSTER_NAME}")"
   fi
   return "${rc}"
@@ -170,6 +256,7 @@ cleanup() {
 
 main() {
   local name="${SA_LAB_KIND_CLUSTER:-sa-lab-kind}" export_default=0 skip_image=0 recreate=0
+  local which="${SA_LAB_KIND_NODE_IMAGE:-auto}"
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --name)
@@ -178,6 +265,12 @@ main() {
         shift
         ;;
       --name=*) name="${1#--name=}" ;;
+      --node-image)
+        [[ $# -ge 2 ]] || die "--node-image needs a value: auto, local or upstream"
+        which="$2"
+        shift
+        ;;
+      --node-image=*) which="${1#--node-image=}" ;;
       --export-to-default) export_default=1 ;;
       --skip-image) skip_image=1 ;;
       --recreate) recreate=1 ;;
@@ -194,16 +287,31 @@ main() {
   umask 077
 
   check_config_minor
-  require_engine "kind runs its nodes as Docker containers" \
-    "install Docker Engine or Docker Desktop; without Docker use the local provider: sa-lab up"
-  require_kind
-
+  local node_image why
+  IFS=$'\t' read -r node_image why < <(choose_node_image "${which}")
+  [[ -n "${node_image}" ]] || exit 1
   local dir kubeconfig
   dir="$(cluster_dir "${name}")"
   kubeconfig="${dir}/kubeconfig"
+  if [[ "${node_image}" == "local" && "${export_default}" -eq 1 ]]; then
+    die "--export-to-default is for the upstream node image" \
+      "with the local one, use the cluster's own kubeconfig: export KUBECONFIG=${kubeconfig}"
+  fi
+  if [[ "${node_image}" == "local" ]]; then
+    ok "node image: local, built on this machine (Debian packages, Go modules), run by podman: ${why}"
+    use_podman "${name}"
+    ensure_podman
+  else
+    ok "node image: upstream kindest/node (kind/cluster.yaml), run by Docker: ${why}"
+    use_docker
+    require_engine "kind runs its nodes as Docker containers" \
+      "install Docker Engine or Docker Desktop, or use the local node image: --node-image local"
+  fi
+  require_kind
   CLUSTER_NAME="${name}"
   trap cleanup EXIT
   claim_cluster_dir "${dir}"
+  printf '%s\n' "${node_image}" >"${dir}/node-image"
 
   if kind_cluster_exists "${name}" && [[ "${recreate}" -eq 1 ]]; then
     log "deleting kind cluster ${name} (--recreate)"
@@ -212,9 +320,16 @@ main() {
   if kind_cluster_exists "${name}"; then
     ok "reusing kind cluster ${name}"
   else
-    create_cluster "${name}" "${kubeconfig}"
+    check_networks "${name}" "${node_image}"
+    [[ "${node_image}" != "local" ]] || ensure_node_network "${name}"
+    create_cluster "${name}" "${kubeconfig}" "${node_image}"
   fi
-  write_kubeconfig "${name}" "${kubeconfig}"
+  write_kubeconfig "${name}" "${kubeconfig}" "${node_image}"
+  if [[ "${node_image}" == "local" ]]; then
+    check_no_way_out "${name}"
+    apply_coredns "${name}"
+    check_pod_no_way_out "${name}"
+  fi
   wait_ready "${name}"
   if [[ "${skip_image}" -eq 0 ]]; then
     load_image "${name}"
@@ -227,7 +342,7 @@ main() {
   printf '%s\n' "${kubeconfig}"
   {
     echo
-    echo "kind cluster ${name} is up. Next:"
+    echo "kind cluster ${name} is up (node image: ${node_image}). Next:"
     echo "  sa-lab run 01 --provider kind          # a chapter, on kind"
     echo "  SA_LAB_PROVIDER=kind scripts/test.sh   # the e2e suite, on kind"
     echo "  export KUBECONFIG=${kubeconfig}   # kubectl on this cluster"

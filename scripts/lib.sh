@@ -33,7 +33,8 @@ state_dir() {
 }
 
 # $SA_LAB_CACHE, else $XDG_CACHE_HOME/sa-lab, else ~/.cache/sa-lab (the same
-# rule as sa_lab::paths::cache()).
+# rule as sa_lab::paths::cache()): builds cached per version (Kubernetes,
+# kind, the kind node image's parts, the kubelet node's binaries).
 cache_root() {
   printf '%s\n' "${SA_LAB_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/sa-lab}"
 }
@@ -167,7 +168,8 @@ oci_archive() {
       --history.created 1970-01-01T00:00:00Z --history.created_by "sa-lab: ${ref}" "${rootfs}" /
     umoci config --image "${layout}:${tag}" --created 1970-01-01T00:00:00Z --no-history \
       --os linux --architecture amd64 --config.user "${user}" "${args[@]}" \
-      --config.env PATH=/usr/local/bin:/usr/bin:/bin
+      --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --config.workingdir /
     umoci gc --layout "${layout}"
     jq --arg name "${ref}" --arg tag "${tag}" \
       '.manifests[0].annotations = {"io.containerd.image.name": $name, "org.opencontainers.image.ref.name": $tag}' \

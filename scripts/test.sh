@@ -61,9 +61,10 @@ main() {
   if [[ "${SA_LAB_PROVIDER:-local}" == "kind" ]]; then
     log "Tests on kind (cluster ${SA_LAB_KIND_CLUSTER:-sa-lab-kind}; chapters share it, so one at a time)"
     cargo test --workspace --locked --lib --bins
-    cargo test -p sa-lab-e2e --locked --test book --test manifests --test provider \
+    cargo test -p sa-lab-e2e --locked --test book --test manifests --test kind_scripts --test provider \
       --test chapter_01 --test chapter_02 --test chapter_03 --test chapter_04 \
-      --test chapter_05 "$@" -- --test-threads=1
+      --test chapter_05 --test chapter_06 --test chapter_07 --test chapter_08 --test exercises \
+      "$@" -- --test-threads=1
     return
   fi
 
@@ -80,7 +81,8 @@ main() {
   if [[ "${SA_LAB_SKIP_KUBELET:-0}" != "1" ]]; then
     log "Every chapter's tables with the kubelet node (one kubelet node per host: one at a time)"
     SA_LAB_NODE=kubelet cargo test -p sa-lab-e2e --locked --test chapter_01 --test chapter_02 \
-      --test chapter_03 --test chapter_04 --test chapter_05 "$@" -- --test-threads=1
+      --test chapter_03 --test chapter_04 --test chapter_05 --test chapter_06 --test chapter_07 \
+      --test chapter_08 "$@" -- --test-threads=1
   fi
 
   if [[ $# -eq 0 ]]; then

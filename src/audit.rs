@@ -17,22 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The audit policy of the local provider.
-pub const POLICY: &str = "\
-# sa-lab's audit policy: Metadata only (who, what, which object, the
-# authorizer's decision and reason); never request or response bodies.
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: None
-    nonResourceURLs: [\"/healthz*\", \"/livez*\", \"/readyz*\"]
-  - level: None
-    resources: [{group: coordination.k8s.io, resources: [leases]}]
-  - level: None
-    verbs: [watch]
-  - level: Metadata
-";
+/// The audit policy of the local provider (and, through
+/// `scripts/kind-up.sh`, of kind clusters).
+pub const POLICY: &str = include_str!("audit-policy.yaml");
 
 /// Where a local cluster keeps its audit policy, in its state directory.
 pub fn policy_path(cluster_dir: &Path) -> PathBuf {

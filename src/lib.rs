@@ -12,6 +12,7 @@ pub mod audit;
 pub mod binaries;
 pub mod chapters;
 pub mod course;
+pub mod exercises;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod local;

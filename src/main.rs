@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use sa_lab::provider::{self, Provider};
-use sa_lab::{chapters, course, local};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sa_lab::exercises::commands::{self as ex, Outcome};
+use sa_lab::provider::{self, ConnectOptions, Provider};
+use sa_lab::{chapters, course, exercises, local};
 
 #[derive(Parser)]
 #[command(
@@ -79,23 +80,74 @@ enum Cmd {
         chapter: String,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
-        /// local (default), kind, or current (the current kubeconfig context).
-        /// Also $SA_LAB_PROVIDER.
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Before running, predict each row (allowed, forbidden...) on
+        /// stdin; the answers are scored after the run.
         #[arg(long)]
-        provider: Option<Provider>,
-        /// Local: cluster name (default $SA_LAB_CLUSTER, else sa-lab; started
-        /// if not running). Kind: the kind cluster name.
+        predict: bool,
+    },
+    /// The exercises: list them with your progress (default), or make a
+    /// workspace with `init DIR`.
+    Exercises {
+        #[command(subcommand)]
+        command: Option<ExercisesCmd>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Grade an exercise on the cluster (the next unsolved one without ID):
+    /// apply its files, run probe Pods as its ServiceAccounts, compare
+    /// with its rows. Exits 0 only if it passes.
+    Check {
+        /// Exercise id (03-pods-only), or its folder.
+        id: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// The next hint for an exercise (the next unsolved one without ID).
+    Hint {
+        /// Exercise id.
+        id: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Check the current exercise again on every save; keys for hint,
+    /// list, next and quit.
+    Watch {
+        /// Start with this exercise (default: the next unsolved one).
+        id: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show a solution: once solved, or with --reveal.
+    Solution {
+        /// Exercise id.
+        id: String,
+        /// Show it even though the exercise is not solved yet.
         #[arg(long)]
-        name: Option<String>,
-        /// Current: use this kubeconfig context.
+        reveal: bool,
+        /// Also put it in the workspace (your files are kept in
+        /// .sa-lab/reset/ID).
         #[arg(long)]
-        context: Option<String>,
-        /// Lab image for kind/current (e.g. in your registry); also $SA_LAB_IMAGE.
-        #[arg(long)]
-        image: Option<String>,
-        /// Seconds to wait for each batch of lab Pods.
-        #[arg(long, default_value_t = 90)]
-        timeout: u64,
+        write: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Put an exercise back to its starter (your files are kept in
+    /// .sa-lab/reset/ID).
+    Reset {
+        /// Exercise id.
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
     },
     /// Every chapter in order on a fresh local cluster, a summary, then
     /// tear-down (also on Ctrl-C).
@@ -180,9 +232,66 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ExercisesCmd {
+    /// Make a workspace at DIR with every exercise's starter and a
+    /// progress file (in an existing workspace, add what is missing).
+    Init { dir: std::path::PathBuf },
+    /// The exercises, with your progress.
+    List,
+}
+
+/// Which cluster: the same choice as `sa-lab run`.
+#[derive(Args)]
+struct ClusterArgs {
+    /// local (default), kind, or current (the current kubeconfig context).
+    /// Also $SA_LAB_PROVIDER.
+    #[arg(long)]
+    provider: Option<Provider>,
+    /// Local: cluster name (default $SA_LAB_CLUSTER, else sa-lab; started
+    /// if not running). Kind: the kind cluster name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Current: use this kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+    /// Lab image for kind/current (e.g. in your registry); also $SA_LAB_IMAGE.
+    #[arg(long)]
+    image: Option<String>,
+    /// Seconds to wait for each batch of lab Pods.
+    #[arg(long, default_value_t = 90)]
+    timeout: u64,
+}
+
+impl ClusterArgs {
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            provider: self.provider,
+            name: self.name.clone(),
+            context: self.context.clone(),
+            image: self.image.clone(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// Where the exercises workspace is.
+#[derive(Args)]
+struct DirArg {
+    /// The exercises workspace (default: the one the current folder is in).
+    #[arg(long, global = true, env = exercises::workspace::DIR_ENV)]
+    dir: Option<std::path::PathBuf>,
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // kube's client logs every refused request as an error; sa-lab reports
+    // them itself (a learner's refused object is a verdict, not a crash).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,kube_client::client::builder=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
@@ -275,25 +384,25 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
         Cmd::Run {
             chapter,
             output,
-            provider,
-            name,
-            context,
-            image,
-            timeout,
+            cluster,
+            predict,
         } => {
             let chapter = chapters::find(&chapter)?;
-            let conn = provider::connect(&provider::ConnectOptions {
-                provider,
-                name,
-                context,
-                image,
-            })
-            .await?;
+            let questions = if predict {
+                let qs = exercises::predict::questions(chapter)?;
+                let stdin = std::io::stdin();
+                let answers =
+                    exercises::predict::ask(&qs, &mut stdin.lock(), &mut std::io::stderr())?;
+                Some((qs, answers))
+            } else {
+                None
+            };
+            let conn = provider::connect(&cluster.options()).await?;
             eprintln!(
                 "Running chapter {:02} ({}) on {}",
                 chapter.number, chapter.slug, conn.describe
             );
-            let result = course::run(&conn, chapter, Duration::from_secs(timeout)).await?;
+            let result = course::run(&conn, chapter, cluster.timeout()).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
                 Output::Table => println!("{}", chapters::render_table(&result)),
@@ -301,8 +410,51 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             if !result.passed() {
                 eprintln!("Some rows differ from the expected table (marked ✗ above).");
             }
+            if let Some((qs, answers)) = questions {
+                let graded = exercises::predict::grade(&qs, &answers, &result);
+                println!("{}", exercises::predict::score(&graded));
+            }
             Ok(result.passed())
         }
+        Cmd::Exercises {
+            command,
+            dir,
+            output,
+        } => match command {
+            Some(ExercisesCmd::Init { dir }) => show(ex::init(&dir)?),
+            Some(ExercisesCmd::List) | None => {
+                show(ex::list(dir.dir.as_deref(), json(output), width())?)
+            }
+        },
+        Cmd::Check {
+            id,
+            dir,
+            output,
+            cluster,
+        } => show(
+            ex::check(
+                dir.dir.as_deref(),
+                id.as_deref(),
+                &cluster.options(),
+                cluster.timeout(),
+                json(output),
+                width(),
+            )
+            .await?,
+        ),
+        Cmd::Hint { id, dir } => show(ex::hint(dir.dir.as_deref(), id.as_deref())?),
+        Cmd::Watch { id, dir, cluster } => {
+            let (dir, opts) = (dir.dir.as_deref(), cluster.options());
+            exercises::watch::run(dir, id.as_deref(), &opts, cluster.timeout()).await?;
+            Ok(true)
+        }
+        Cmd::Solution {
+            id,
+            reveal,
+            write,
+            dir,
+        } => show(ex::solution(dir.dir.as_deref(), &id, reveal, write)?),
+        Cmd::Reset { id, dir } => show(ex::reset(dir.dir.as_deref(), &id)?),
         Cmd::Tour { output, timeout } => {
             let report = course::tour(Duration::from_secs(timeout), |entry| {
                 if let Output::Table = output {
@@ -404,6 +556,28 @@ async fn trace(
         .await?;
     }
     Ok(true)
+}
+
+fn json(output: Output) -> bool {
+    matches!(output, Output::Json)
+}
+
+fn width() -> u16 {
+    chapters::render::width()
+}
+
+/// Print a command's result on stdout and its note on stderr.
+fn show(o: Outcome) -> anyhow::Result<bool> {
+    if !o.stdout.is_empty() {
+        print!("{}", o.stdout);
+        if !o.stdout.ends_with('\n') {
+            println!();
+        }
+    }
+    if !o.note.is_empty() {
+        eprintln!("{}", o.note);
+    }
+    Ok(o.ok)
 }
 
 fn print_env(info: &local::ClusterInfo) {

@@ -7,10 +7,14 @@
 //!
 //! each with the sandbox node, then (as root) with the kubelet node.
 //!
+//! With `SA_LAB_BENCH_KIND=<cluster>`, only Pod create to `Succeeded`, on
+//! that kind cluster (made by `scripts/kind-up.sh`, lab image loaded): the
+//! kind node's figure beside the local nodes'.
+//!
 //! These are the timings the e2e tests do not assert (they assert what
 //! happens, not how fast). Run through `scripts/bench.sh` (which also times
-//! `sa-lab tour`), or `cargo bench -p sa-lab-e2e --bench startup --
-//! [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
+//! `sa-lab tour` and kind's create -> ready), or `cargo bench -p sa-lab-e2e
+//! --bench startup -- [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
 
 use std::time::{Duration, Instant};
 
@@ -138,32 +142,9 @@ fn toolbox_pod(name: &str, args: &[&str]) -> Pod {
     .unwrap()
 }
 
-/// A node's timings on one cluster: Pod start-up, graceful delete,
-/// Lease renewal interval.
-async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
-    let name = format!("bench-pods-{}", std::process::id());
-    let info = local::up(&UpOptions {
-        name: name.clone(),
-        node: Some(node),
-        ..Default::default()
-    })
-    .await
-    .expect("up");
-    let node = node.as_str();
-    let client = info.client().await.expect("client");
-    let ns = "bench";
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .expect("namespace");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // The namespace's default ServiceAccount (created by the KCM).
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
-
+/// Creates `pod_runs` trivial lab Pods one after another in `pods`'
+/// namespace and prints the median and p95 of create -> `Succeeded`.
+async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
     let mut times = Vec::new();
     for i in 0..pod_runs {
         let pod_name = format!("trivial-{i}");
@@ -198,10 +179,68 @@ async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_r
         }
     }
     println!(
-        "Pod create -> Succeeded (trivial lab Pod, {node} node), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
+        "Pod create -> Succeeded (trivial lab Pod, {what}), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
         median(&mut times.clone()),
         percentile(&mut times, 95.0)
     );
+}
+
+/// Pod create -> `Succeeded` on kind cluster `cluster`, in a namespace of
+/// its own that is deleted afterwards.
+async fn bench_pods_kind(cluster: &str, pod_runs: usize) {
+    use sa_lab::provider::{self, ConnectOptions, Provider};
+    let conn = provider::connect(&ConnectOptions {
+        provider: Some(Provider::Kind),
+        name: Some(cluster.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .expect("kind cluster (run scripts/kind-up.sh first)");
+    let ns = format!("bench-{}", std::process::id());
+    let nss: Api<Namespace> = Api::all(conn.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(conn.client.clone(), &ns);
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+    let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &ns);
+    time_pods(&pods, pod_runs, "kind").await;
+    nss.delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+}
+
+/// A node's timings on one cluster: Pod start-up, graceful delete,
+/// Lease renewal interval.
+async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_renewals: usize) {
+    let name = format!("bench-pods-{}", std::process::id());
+    let info = local::up(&UpOptions {
+        name: name.clone(),
+        node: Some(node),
+        ..Default::default()
+    })
+    .await
+    .expect("up");
+    let node = node.as_str();
+    let client = info.client().await.expect("client");
+    let ns = "bench";
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // The namespace's default ServiceAccount (created by the KCM).
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+
+    time_pods(&pods, pod_runs, &format!("{node} node")).await;
 
     // Graceful delete of a Pod whose program exits on SIGTERM (grace 30 s).
     let mut deletes = Vec::new();
@@ -304,6 +343,12 @@ fn main() {
         }
     };
     rt.block_on(async {
+        if let Ok(cluster) = std::env::var("SA_LAB_BENCH_KIND")
+            && !cluster.is_empty()
+        {
+            bench_pods_kind(&cluster, pod_runs).await;
+            return;
+        }
         for node in [NodeKind::Sandbox, NodeKind::Kubelet] {
             if node == NodeKind::Kubelet && !kubelet {
                 continue;

@@ -94,6 +94,16 @@ async fn chapter_08_audit() {
         "--role=secret-reader",
         "--serviceaccount=production:config-reader",
     ]);
+    // The course's label: the next chapter's clean slate removes it even
+    // if this test stops early (kind runs every chapter on one cluster).
+    c.kubectl_ok(&[
+        "label",
+        "rolebinding",
+        "reads-secrets-again",
+        "-n",
+        "production",
+        "app.kubernetes.io/part-of=sa-lab",
+    ]);
     let before = c.kubectl_ok(&[
         "get",
         "rolebindings,clusterrolebindings",
@@ -144,6 +154,13 @@ async fn chapter_08_audit() {
         "name",
     ]);
     assert_eq!(before, after);
+    c.kubectl_ok(&[
+        "delete",
+        "rolebinding",
+        "reads-secrets-again",
+        "-n",
+        "production",
+    ]);
     // The role it ships is what --print-role prints.
     let role = stdout(&sa_lab(&["audit", "--print-role"], &[]).success());
     assert!(

@@ -19,7 +19,11 @@ kit::chapter! { 1, "01-identity", "Why Pods need their own identity";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     POD = "02-pod.yaml",
-    POD_WITHOUT_SA = "03-pod-without-sa.yaml",
+    POD_WITHOUT_SA = "03-pod-without-sa.yaml";
+    exercises:
+    OWN_IDENTITY = "01-own-identity" => ["pod.yaml", "serviceaccount.yaml"],
+    FIX_MISSING_ACCOUNT = "01-fix-missing-account" => ["pod.yaml", "serviceaccount.yaml"],
+    PREDICT = "01-predict" => ["predictions.yaml"],
 }
 
 const EXTRA_PREFIX: &str = "authentication.kubernetes.io/";

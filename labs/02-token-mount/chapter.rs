@@ -18,7 +18,11 @@ kit::chapter! { 2, "02-token-mount", "How the credential gets into the Pod";
     NAMESPACE = "00-namespace.yaml",
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     POD = "02-pod.yaml",
-    POD_READER = "03-pod-reader.yaml",
+    POD_READER = "03-pod-reader.yaml";
+    exercises:
+    HAND_MOUNTED = "02-hand-mounted" => ["pod.yaml", "serviceaccount.yaml"],
+    RUST_BY_HAND = "02-rust-by-hand" => ["Cargo.toml", "rbac.yaml", "src/main.rs"],
+    PREDICT = "02-predict" => ["predictions.yaml"],
 }
 
 const WHO: &str = "pod-manager";

@@ -21,7 +21,14 @@ kit::chapter! { 3, "03-rolebinding", "Binding permissions";
     ESCALATION_POD = "07-pod-escalation.yaml",
     VIEW_IN_STAGING = "08-view-in-staging.yaml",
     NAMESPACE_READER = "09-namespace-reader.yaml",
-    FORGOT_NAMESPACE = "10-forgot-namespace.yaml",
+    FORGOT_NAMESPACE = "10-forgot-namespace.yaml";
+    exercises:
+    PODS_ONLY = "03-pods-only" => ["rbac.yaml", "serviceaccount.yaml"],
+    FIX_ROLEREF = "03-fix-roleref" => ["rbac.yaml", "serviceaccount.yaml"],
+    FIX_SUBJECT_NAMESPACE = "03-fix-subject-namespace" => ["rbac.yaml", "serviceaccount.yaml"],
+    FIX_PLURAL = "03-fix-plural" => ["rbac.yaml", "serviceaccount.yaml"],
+    READ_NAMESPACES = "03-read-namespaces" => ["rbac.yaml", "serviceaccount.yaml"],
+    PREDICT = "03-predict" => ["predictions.yaml"],
 }
 
 const WHO: &str = "pod-manager";

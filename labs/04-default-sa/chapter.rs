@@ -16,7 +16,11 @@ kit::chapter! { 4, "04-default-sa", "Why default must stay unprivileged";
     APP_BINDING = "05-app-binding.yaml",
     APP_POD = "06-app-pod.yaml",
     DEPLOYER = "07-deployer.yaml",
-    DEPLOYER_POD = "08-deployer-pod.yaml",
+    DEPLOYER_POD = "08-deployer-pod.yaml";
+    exercises:
+    OWN_ACCOUNT = "04-own-account" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml"],
+    FIND_THE_LEAKS = "04-find-the-leaks" => ["rbac.yaml", "serviceaccounts.yaml"],
+    PREDICT = "04-predict" => ["predictions.yaml"],
 }
 
 async fn run(cx: &RunContext) -> Result<Vec<Row>, Error> {

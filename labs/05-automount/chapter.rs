@@ -21,7 +21,12 @@ kit::chapter! { 5, "05-automount", "Disabling automount";
     POD_SA_OFF = "04-pod-sa-off.yaml",
     POD_OPTS_IN = "05-pod-opts-in.yaml",
     POD_READER = "06-pod-reader.yaml",
-    VAULT_REVIEWER = "07-vault-reviewer.yaml",
+    VAULT_REVIEWER = "07-vault-reviewer.yaml";
+    exercises:
+    FIX_AUTOMOUNT = "05-fix-automount" => ["pod.yaml", "serviceaccount.yaml"],
+    VAULT_TOKEN = "05-vault-token" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml"],
+    RUST_NO_TOKEN = "05-rust-no-token" => ["Cargo.toml", "serviceaccount.yaml", "src/main.rs"],
+    PREDICT = "05-predict" => ["predictions.yaml"],
 }
 
 async fn run(cx: &RunContext) -> Result<Vec<Row>, Error> {

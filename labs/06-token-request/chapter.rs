@@ -33,7 +33,11 @@ kit::chapter! { 6, "06-token-request", "Tokens on demand";
     MINT_ROLE = "04-mint-role.yaml",
     POD_REVIEWER = "05-pod-reviewer.yaml",
     AUTH_DELEGATOR = "06-auth-delegator.yaml",
-    BOUND_OBJECTS = "07-bound-objects.yaml",
+    BOUND_OBJECTS = "07-bound-objects.yaml";
+    exercises:
+    MINT_ONE = "06-mint-one" => ["rbac.yaml", "serviceaccounts.yaml"],
+    REVIEWER = "06-reviewer" => ["rbac.yaml", "serviceaccounts.yaml"],
+    PREDICT = "06-predict" => ["predictions.yaml"],
 }
 
 const APP: &str = "pod-manager";

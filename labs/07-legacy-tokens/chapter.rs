@@ -22,7 +22,11 @@ kit::chapter! { 7, "07-legacy-tokens", "Legacy Secret tokens";
     SERVICEACCOUNT = "01-serviceaccount.yaml",
     LEGACY_TOKEN = "02-legacy-token.yaml",
     MORE_TOKENS = "03-more-legacy-tokens.yaml",
-    POD = "04-pod.yaml",
+    POD = "04-pod.yaml";
+    exercises:
+    RETIRE_LEGACY = "07-retire-legacy" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml", "token-secrets.yaml"],
+    MARK_INVALID = "07-mark-invalid" => ["pod.yaml", "rbac.yaml", "serviceaccount.yaml", "token-secret.yaml"],
+    PREDICT = "07-predict" => ["predictions.yaml"],
 }
 
 const WHO: &str = "pod-manager";

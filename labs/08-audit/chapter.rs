@@ -23,7 +23,11 @@ kit::chapter! { 8, "08-audit", "Least privilege, audited";
     PLANTED = "05-planted.yaml",
     TWINS = "06-twins.yaml",
     POD_CI_BOT = "07-pod-ci-bot.yaml",
-    ADMISSION_POLICY = "08-admission-policy.yaml",
+    ADMISSION_POLICY = "08-admission-policy.yaml";
+    exercises:
+    CLEAN_AUDIT = "08-clean-audit" => ["rbac.yaml", "serviceaccounts.yaml"],
+    AUDITOR_ROLE = "08-auditor-role" => ["rbac.yaml", "serviceaccount.yaml"],
+    PREDICT = "08-predict" => ["predictions.yaml"],
 }
 
 const RBAC: &str = "rbac.authorization.k8s.io";

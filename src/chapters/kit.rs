@@ -188,15 +188,24 @@ pub(crate) use manifests;
 
 /// A chapter's definition: `CHAPTER` and its `manifests` (see
 /// [`manifests!`]), in the chapter's own `chapter.rs`, whose scenario is
-/// its `async fn run(cx: &RunContext)`. The slug is written once.
+/// its `async fn run(cx: &RunContext)`. The slug is written once. After
+/// the manifests, an optional `exercises:` section lists the chapter's
+/// exercises (see [`crate::exercises`]); a chapter without exercises
+/// leaves it out.
 ///
 /// ```text
 /// chapter! { 3, "03-rolebinding", "Binding permissions";
-///     NAMESPACES = "00-namespaces.yaml",
+///     NAMESPACES = "00-namespaces.yaml";
+///     exercises:
+///     PODS_ONLY = "03-pods-only" => ["rbac.yaml", "serviceaccount.yaml"],
 /// }
 /// ```
 macro_rules! chapter {
     ($number:literal, $slug:literal, $title:literal; $($name:ident = $file:literal),* $(,)?) => {
+        $crate::chapters::kit::chapter! { $number, $slug, $title; $($name = $file),*; exercises: }
+    };
+    ($number:literal, $slug:literal, $title:literal; $($name:ident = $file:literal),* $(,)?;
+     exercises: $($ex:ident = $id:literal => [$($f:literal),* $(,)?]),* $(,)?) => {
         /// This chapter.
         pub const CHAPTER: $crate::chapters::Chapter = $crate::chapters::Chapter {
             number: $number,
@@ -207,8 +216,10 @@ macro_rules! chapter {
                 env!("CARGO_MANIFEST_DIR"), "/labs/", $slug, "/expected.yaml"
             )),
             scenario: |cx| Box::pin(run(cx)),
+            exercises: exercises::ALL,
         };
         $crate::chapters::kit::manifests! { $slug; $($name = $file),* }
+        $crate::exercises::exercises! { $slug; $($ex = $id => [$($f),*]),* }
     };
 }
 pub(crate) use chapter;
@@ -300,7 +311,8 @@ pub struct LabRun {
     pub report: Report,
 }
 
-fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, bool), Error> {
+/// The API resource of `obj` (from file `path`), and whether it is namespaced.
+pub fn api_resource(path: &str, obj: &serde_json::Value) -> Result<(ApiResource, bool), Error> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));

@@ -9,6 +9,7 @@
 //! | `chapter.rs` | the chapter's definition: title, manifests (compiler-checked constants), and its *scenario*: what the runner does on the cluster and the rows it observes |
 //! | `expected.yaml` | the oracle: every row's expected value and, for each refusal, its allowed twin |
 //! | `expected.md` | generated from `expected.yaml`; the book includes it |
+//! | `exercises/<id>/` | the chapter's exercises (see [`crate::exercises`]) |
 //!
 //! [`catalog`] has one line per chapter. The runner ([`run_chapter`]) runs
 //! a chapter's scenario, then [`oracle::compare`]s every observed row with
@@ -49,6 +50,9 @@ pub struct Chapter {
     pub expected: &'static str,
     /// What the runner does on the cluster.
     pub scenario: Scenario,
+    /// The chapter's exercises (`exercises/`), in order: see
+    /// [`crate::exercises`].
+    pub exercises: &'static [crate::exercises::Exercise],
 }
 
 impl std::fmt::Debug for Chapter {

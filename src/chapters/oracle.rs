@@ -74,26 +74,36 @@ pub fn is_acceptance(value: &str) -> bool {
     matches!(value, "allowed" | "authenticated")
 }
 
-/// A chapter's `expected.yaml` is not what the runner can use.
+/// An expected table (a chapter's `expected.yaml`, an exercise's rows) is
+/// not what the runner can use.
 #[derive(Debug, thiserror::Error)]
-#[error("labs/{slug}/expected.yaml: {problem}")]
+#[error("{file}: {problem}")]
 pub struct OracleError {
-    /// The chapter.
-    pub slug: String,
+    /// Where the table is written (`labs/03-rolebinding/expected.yaml`).
+    pub file: String,
     /// What is wrong.
     pub problem: String,
 }
 
-/// The expected tables of `chapter`, checked: unique ids, one expectation
-/// per phase column, and every refusal names an acceptance of the same
-/// chapter as its twin.
+/// The expected tables of `chapter`, checked by [`validate`].
 pub fn tables(chapter: &Chapter) -> Result<Vec<ExpectedTable>, OracleError> {
+    let file = format!("labs/{}/expected.yaml", chapter.slug);
+    let oracle: Oracle = serde_saphyr::from_str(chapter.expected).map_err(|e| OracleError {
+        file: file.clone(),
+        problem: format!("invalid YAML: {e}"),
+    })?;
+    validate(&file, oracle.tables)
+}
+
+/// Expected tables checked: unique ids, one expectation per phase column,
+/// and every refusal names an acceptance of the same tables as its twin.
+/// The chapters' oracles and the exercises' rows are checked alike.
+pub fn validate(file: &str, tables: Vec<ExpectedTable>) -> Result<Vec<ExpectedTable>, OracleError> {
     let err = |problem: String| OracleError {
-        slug: chapter.slug.into(),
+        file: file.into(),
         problem,
     };
-    let oracle: Oracle =
-        serde_saphyr::from_str(chapter.expected).map_err(|e| err(format!("invalid YAML: {e}")))?;
+    let oracle = Oracle { tables };
     let all: Vec<&Expect> = oracle
         .tables
         .iter()
@@ -156,7 +166,7 @@ pub fn ids(chapter: &Chapter) -> Result<Vec<String>, OracleError> {
 
 /// How a value reads in the book: refusals and acceptances marked so the
 /// eye can scan a matrix, anything else as code.
-fn cell(value: &str) -> String {
+pub fn cell(value: &str) -> String {
     if is_acceptance(value) {
         format!("✓ {value}")
     } else if is_refusal(value) {
@@ -191,16 +201,23 @@ pub fn markdown(chapter: &Chapter) -> Result<String, OracleError> {
 /// a row whose authorizer answer is missing or disagrees where the table
 /// says the authorizer is asked, and a refusal whose twin was not allowed.
 pub fn compare(chapter: &Chapter, observed: Vec<Row>) -> Result<ChapterResult, OracleError> {
+    Ok(ChapterResult {
+        number: chapter.number,
+        slug: chapter.slug.into(),
+        title: chapter.title.into(),
+        rows: grade(&tables(chapter)?, observed),
+    })
+}
+
+/// The verdicts of [`compare`] for any checked tables (see [`validate`]):
+/// the observed rows in table order, each with its expected value, twin
+/// and verdict.
+pub fn grade(tables: &[ExpectedTable], observed: Vec<Row>) -> Vec<Row> {
     let mut rows = Vec::new();
-    for t in tables(chapter)? {
-        let phases = t.rows.first().map_or(0, |r| r.expect.len());
-        let phase_cols = &t.columns[t.columns.len() - phases..];
+    for t in tables {
         for r in &t.rows {
             for (i, x) in r.expect.iter().enumerate() {
-                let mut check = r.cells.join(", ").replace('`', "");
-                if r.expect.len() > 1 {
-                    check = format!("{check} [{}]", phase_cols[i]);
-                }
+                let check = check_text(t, r, i);
                 let mut row = observed
                     .iter()
                     .find(|o| o.id == x.id)
@@ -233,12 +250,19 @@ pub fn compare(chapter: &Chapter, observed: Vec<Row>) -> Result<ChapterResult, O
         }
         row.pass = row.why.is_empty();
     }
-    Ok(ChapterResult {
-        number: chapter.number,
-        slug: chapter.slug.into(),
-        title: chapter.title.into(),
-        rows,
-    })
+    rows
+}
+
+/// What expectation `i` of row `r` of table `t` checks, in words: the
+/// row's cells, and its phase column when the row has several.
+pub fn check_text(t: &ExpectedTable, r: &ExpectedRow, i: usize) -> String {
+    let check = r.cells.join(", ").replace('`', "");
+    if r.expect.len() > 1 {
+        let phase = t.columns.len() - r.expect.len() + i;
+        format!("{check} [{}]", t.columns[phase])
+    } else {
+        check
+    }
 }
 
 /// Why a row fails on its own ("" if it does not).
@@ -253,6 +277,19 @@ fn verdict(row: &Row, authorizer_asked: bool) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// For tests of generated files: `path` holds `want`, what its source
+/// generates; with `UPDATE_EXPECTED` set it is rewritten instead. `how` is
+/// the command that rewrites it.
+#[cfg(test)]
+pub(crate) fn assert_generated(path: &std::path::Path, want: &str, how: &str) {
+    if std::env::var_os("UPDATE_EXPECTED").is_some() {
+        std::fs::write(path, want).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert_eq!(have, want, "{} is stale: run {how}", path.display());
 }
 
 #[cfg(test)]
@@ -273,17 +310,8 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for c in catalog() {
             let path = root.join("labs").join(c.slug).join("expected.md");
-            let want = markdown(c).unwrap();
-            if std::env::var_os("UPDATE_EXPECTED").is_some() {
-                std::fs::write(&path, &want).unwrap();
-            }
-            let have = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                have,
-                want,
-                "{} is stale: run UPDATE_EXPECTED=1 cargo test -p sa-lab --lib oracle",
-                path.display()
-            );
+            let how = "UPDATE_EXPECTED=1 cargo test -p sa-lab --lib oracle";
+            assert_generated(&path, &markdown(c).unwrap(), how);
         }
     }
 

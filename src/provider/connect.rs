@@ -2,7 +2,7 @@
 //! and one client whatever the provider, and starting or stopping the
 //! clusters sa-lab owns.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
@@ -160,11 +160,20 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
             )
             .await?;
             preflight(&client).await.map_err(ConnectError::Preflight)?;
-            eprintln!(
-                "Note: on a {provider} cluster sa-lab cannot read the API server's audit log, \
-                 so rows do not name the binding that allowed them."
-            );
-            (config, client, describe, None, None)
+            // A kind cluster from scripts/kind-up.sh logs to its state
+            // directory (kind/cluster*.yaml mount it into the node).
+            let audit = source_path
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|dir| crate::audit::log_path(dir).is_file())
+                .map(crate::audit::AuditLog::of_cluster);
+            if audit.is_none() {
+                eprintln!(
+                    "Note: sa-lab cannot read this {provider} cluster's audit log, \
+                     so rows do not name the binding that allowed them."
+                );
+            }
+            (config, client, describe, audit, None)
         }
     };
     Ok(Connection {

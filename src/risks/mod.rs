@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 
-pub use rules::{Finding, Rule, Severity, Snapshot, analyse};
+pub use rules::{Finding, Rule, Severity, Snapshot, about_namespace, analyse};
 
 /// The ClusterRole enough to run the audit (everything but the legacy
 /// token rule, which needs `list secrets`).
@@ -355,7 +355,7 @@ pub fn render(report: &Report, width: u16, all: bool) -> String {
     let hidden = report.findings.len() - shown.len();
     if hidden > 0 {
         out.push_str(&format!(
-            "{hidden} info findings (Kubernetes' own bootstrap policy) not listed: --all lists them\n"
+            "{hidden} info findings (the bootstrap policy: Kubernetes' and kubeadm's) not listed: --all lists them\n"
         ));
     }
     for n in &report.notes {

@@ -260,11 +260,26 @@ struct Grant<'a> {
     namespace: Option<&'a str>,
 }
 
+/// Part of the cluster's bootstrap policy: Kubernetes' own (label
+/// `kubernetes.io/bootstrapping=rbac-defaults`), or kubeadm's, which it
+/// names `kubeadm:*` and makes cluster-wide or in kube-system/kube-public
+/// (where only a cluster's admins write), such as anonymous `get` of the
+/// one ConfigMap `cluster-info` that joining nodes read.
 fn builtin(meta: &ObjectMeta) -> bool {
-    meta.labels
+    let labelled = meta
+        .labels
         .as_ref()
         .and_then(|l| l.get("kubernetes.io/bootstrapping"))
-        .is_some_and(|v| v == "rbac-defaults")
+        .is_some_and(|v| v == "rbac-defaults");
+    let kubeadm = meta
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("kubeadm:"))
+        && matches!(
+            meta.namespace.as_deref(),
+            None | Some("kube-system") | Some("kube-public")
+        );
+    labelled || kubeadm
 }
 
 fn name(meta: &ObjectMeta) -> String {
@@ -583,6 +598,23 @@ pub fn analyse(s: &Snapshot) -> Vec<Finding> {
     found
 }
 
+/// The findings about namespace `ns` at `level` or worse (info never
+/// counts): those in it, and cluster-wide ones whose subject is one of
+/// its ServiceAccounts or the group of them all.
+pub fn about_namespace<'a>(findings: &'a [Finding], ns: &str, level: Severity) -> Vec<&'a Finding> {
+    let own_sa = format!("serviceaccount {ns}/");
+    let own_group = format!("group system:serviceaccounts:{ns}");
+    findings
+        .iter()
+        .filter(|f| f.severity >= level && f.severity > Severity::Info)
+        .filter(|f| {
+            f.scope == ns
+                || f.evidence.subject.starts_with(&own_sa)
+                || f.evidence.subject == own_group
+        })
+        .collect()
+}
+
 /// A user the API server would put in `group`, to ask the authorizer about
 /// the group's rights.
 fn crowd_member(group: &str) -> (String, Vec<String>) {
@@ -816,6 +848,19 @@ mod tests {
     }
 
     #[test]
+    fn kubeadm_bootstrap_bindings_are_info_only_where_admins_write() {
+        let mut m = meta(Some("kube-public"), "kubeadm:bootstrap-signer-clusterinfo");
+        assert!(builtin(&m));
+        m.namespace = Some("production".into());
+        assert!(
+            !builtin(&m),
+            "a kubeadm: name in an ordinary namespace counts"
+        );
+        assert!(!builtin(&meta(Some("kube-system"), "my-binding")));
+        assert!(builtin(&meta(None, "kubeadm:get-nodes")));
+    }
+
+    #[test]
     fn cluster_wide_is_critical_and_resource_names_lower_it() {
         let mut s = Snapshot::default();
         s.cluster_roles.push(ClusterRole {
@@ -908,6 +953,49 @@ mod tests {
             flagged(&found, Rule::CreateWorkloads, "p/app"),
             Some(Severity::Critical)
         );
+    }
+
+    #[test]
+    fn findings_about_one_namespace() {
+        let s = Snapshot {
+            roles: vec![
+                role("shop", "cm", vec![rule(&[""], &["configmaps"], &["get"])]),
+                role("other", "cm", vec![rule(&[""], &["configmaps"], &["get"])]),
+            ],
+            cluster_roles: vec![ClusterRole {
+                metadata: meta(None, "secrets"),
+                rules: Some(vec![rule(&[""], &["secrets"], &["list"])]),
+                ..Default::default()
+            }],
+            role_bindings: vec![
+                rb("shop", "a", "cm", vec![sa("shop", "default")]),
+                rb("other", "b", "cm", vec![sa("other", "default")]),
+            ],
+            cluster_role_bindings: vec![ClusterRoleBinding {
+                metadata: meta(None, "c"),
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "ClusterRole".into(),
+                    name: "secrets".into(),
+                },
+                subjects: Some(vec![sa("shop", "backup")]),
+            }],
+            ..Default::default()
+        };
+        let found = analyse(&s);
+        let shop = about_namespace(&found, "shop", Severity::High);
+        let rules: BTreeSet<_> = shop.iter().map(|f| f.rule).collect();
+        assert_eq!(
+            rules,
+            BTreeSet::from([Rule::DefaultServiceAccount, Rule::ReadSecrets]),
+            "{shop:#?}"
+        );
+        assert!(
+            about_namespace(&found, "shop", Severity::Critical)
+                .iter()
+                .all(|f| f.rule == Rule::ReadSecrets)
+        );
+        assert!(about_namespace(&found, "third", Severity::Low).is_empty());
     }
 
     #[test]

@@ -8,10 +8,10 @@ use sa_lab::chapters::{self, ChapterResult, RunContext, oracle};
 
 use crate::common::TestCluster;
 
-/// Run chapter `query` on `c`, as its admin.
-pub async fn run(c: &TestCluster, query: &str) -> ChapterResult {
+/// What runs chapters (and exercises) on `c`, as its admin.
+pub async fn context(c: &TestCluster) -> RunContext {
     let admin = c.info.connect().await.expect("admin config");
-    let cx = RunContext {
+    RunContext {
         client: admin.client,
         config: admin.config,
         image: sa_lab::LAB_IMAGE.to_string(),
@@ -20,7 +20,12 @@ pub async fn run(c: &TestCluster, query: &str) -> ChapterResult {
             .info
             .audit_log
             .then(|| sa_lab::audit::AuditLog::of_cluster(&c.info.dir)),
-    };
+    }
+}
+
+/// Run chapter `query` on `c`, as its admin.
+pub async fn run(c: &TestCluster, query: &str) -> ChapterResult {
+    let cx = context(c).await;
     let chapter = chapters::find(query).expect("chapter");
     let result = chapters::run_chapter(&cx, chapter)
         .await

@@ -196,6 +196,9 @@ fn kind_cluster() -> TestCluster {
         .and_then(|p| std::env::split_paths(&p).find(|d| d.join("kubectl").is_file()))
         .or_else(|| sa_lab::binaries::find().ok())
         .expect("kubectl on PATH (or sa-lab's build: scripts/install-k8s.sh)");
+    let audit_log = kubeconfig
+        .parent()
+        .is_some_and(|dir| sa_lab::audit::log_path(dir).is_file());
     let info = ClusterInfo {
         name,
         dir: kubeconfig.parent().map(PathBuf::from).unwrap_or_default(),
@@ -209,8 +212,10 @@ fn kind_cluster() -> TestCluster {
         bin_dir,
         labs_dir: sa_lab::paths::labs_dir(),
         kubernetes_version: sa_lab::KUBERNETES_VERSION.to_string(),
-        // Reading kind's audit log is not wired up: reasons are absent there.
-        audit_log: false,
+        // scripts/kind-up.sh has the API server log to the cluster's state
+        // directory, as a local cluster's does (clusters made before that
+        // have no log, and their rows no reasons).
+        audit_log,
         kubelet: None,
     };
     TestCluster { info, owned: false }

@@ -9,7 +9,9 @@
 //! - [`https`]: a raw HTTPS GET with `ca.crt` as the only trust root and a
 //!   bearer token, exactly what the book's `curl` does.
 //! - [`identity`]: SelfSubjectReview ("who am I?").
+//! - [`ask`]: what `sa-lab check` asks an exercise's probe Pod to observe.
 
+pub mod ask;
 pub mod https;
 pub mod identity;
 pub mod jwt;

@@ -197,7 +197,14 @@ impl Probe {
         }
         p.push('/');
         p.push_str(&self.resource);
-        if !self.name.is_empty() && self.verb != "list" && self.verb != "create" {
+        // A create names its object in the body, except on a subresource
+        // of an existing one (`serviceaccounts/<name>/token`).
+        let named = match self.verb.as_str() {
+            "list" => false,
+            "create" => !self.subresource.is_empty(),
+            _ => true,
+        };
+        if !self.name.is_empty() && named {
             p.push('/');
             p.push_str(&self.name);
         }
@@ -256,8 +263,28 @@ impl Probe {
         }
     }
 
-    /// Send the request with `client` and classify the answer.
+    /// Send the request with `client` and classify the answer. A Pod's
+    /// own log asked for before the kubelet has told the API server its
+    /// container runs (400 "is waiting to start", while this very
+    /// container is running) is asked again, for up to 30 s: the API
+    /// server answers from the Pod's status, which the kubelet updates
+    /// after it starts the container.
     pub async fn run(&self, client: &Client) -> ProbeRow {
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let row = self.send(client).await;
+            let starting = self.subresource == "log"
+                && row.status == Some(400)
+                && row.message.contains("is waiting to start");
+            if !starting || tokio::time::Instant::now() > deadline {
+                return row;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn send(&self, client: &Client) -> ProbeRow {
         let req = match self.request() {
             Ok(r) => r,
             Err(e) => return self.row(Outcome::Error, None, &e.to_string()),
@@ -409,6 +436,14 @@ mod tests {
         assert_eq!(p.path(), "/api/v1/namespaces/p/pods/x?dryRun=All");
         let p = Probe::new("f", "list", "namespaces");
         assert_eq!(p.path(), "/api/v1/namespaces");
+        let p = Probe::new("g", "create", "serviceaccounts")
+            .ns("p")
+            .name("worker")
+            .subresource("token");
+        assert_eq!(
+            p.path(),
+            "/api/v1/namespaces/p/serviceaccounts/worker/token?dryRun=All"
+        );
     }
 
     #[test]

@@ -126,7 +126,8 @@ claim_cluster_dir() {
   printf 'kind\n' >"${dir}/provider"
 }
 
-# cluster_config DIR TEMPLATE: the cluster's own kind config in DIR, its
+# cluster_config DIR TEMPLATE: the cluster's own kind config in DIR (TEMPLATE
+# with kind/apiserver-patches.yaml, shared by both templates), its
 # audit policy (src/audit-policy.yaml, the local provider's) and an empty
 # audit log beside it, all 0600: the node mounts them, and sa-lab reads the
 # log from DIR/logs as it does a local cluster's. Prints the config's path.
@@ -135,7 +136,11 @@ cluster_config() {
   install -m 0600 "${REPO_ROOT}/src/audit-policy.yaml" "${dir}/audit-policy.yaml"
   install -d -m 0700 "${dir}/logs"
   [[ -f "${dir}/logs/audit.log" ]] || install -m 0600 /dev/null "${dir}/logs/audit.log"
-  sed "s|@CLUSTER_DIR@|${dir}|g" "${template}" >"${dir}/kind-config.yaml"
+  {
+    sed '/^nodes:/,$d' "${template}"
+    cat "${REPO_ROOT}/kind/apiserver-patches.yaml"
+    sed -n '/^nodes:/,$p' "${template}"
+  } | sed "s|@CLUSTER_DIR@|${dir}|g" >"${dir}/kind-config.yaml"
   printf '%s\n' "${dir}/kind-config.yaml"
 }
 

@@ -225,6 +225,14 @@ impl AuditLog {
         }
     }
 
+    /// The audit log kept in `cluster_dir`, if there is one (a kind
+    /// cluster made before kind-up kept one has none).
+    pub fn kept_in(cluster_dir: &Path) -> Option<AuditLog> {
+        log_path(cluster_dir)
+            .is_file()
+            .then(|| AuditLog::of_cluster(cluster_dir))
+    }
+
     /// Every event in the current file (lines that are not events are
     /// skipped).
     pub fn events(&self) -> Result<Vec<Event>, Error> {

@@ -5,7 +5,8 @@
 //!   (the program handles SIGTERM) to the Pod gone, and the interval
 //!   between the node's Lease renewals;
 //!
-//! each with the sandbox node, then (as root) with the kubelet node.
+//! each with the sandbox node, then (as root) with the kubelet node;
+//! - audit logging's cost: `up` and Pod start with and without it.
 //!
 //! With `SA_LAB_BENCH_KIND=<cluster>`, only Pod create to `Succeeded`, on
 //! that kind cluster (made by `scripts/kind-up.sh`, lab image loaded): the
@@ -145,9 +146,20 @@ fn toolbox_pod(name: &str, args: &[&str]) -> Pod {
 /// Creates `pod_runs` trivial lab Pods one after another in `pods`'
 /// namespace and prints the median and p95 of create -> `Succeeded`.
 async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
+    let mut times = pod_times(pods, pod_runs, "trivial").await;
+    println!(
+        "Pod create -> Succeeded (trivial lab Pod, {what}), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
+        median(&mut times.clone()),
+        percentile(&mut times, 95.0)
+    );
+}
+
+/// Create -> `Succeeded` of `pod_runs` trivial lab Pods named
+/// `<prefix>-<i>`, one after another, in seconds.
+async fn pod_times(pods: &Api<Pod>, pod_runs: usize, prefix: &str) -> Vec<f64> {
     let mut times = Vec::new();
     for i in 0..pod_runs {
-        let pod_name = format!("trivial-{i}");
+        let pod_name = format!("{prefix}-{i}");
         let wp = WatchParams::default().fields(&format!("metadata.name={pod_name}"));
         let mut stream = pods.watch(&wp, "0").await.expect("watch").boxed();
         let t = Instant::now();
@@ -178,11 +190,56 @@ async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
             }
         }
     }
-    println!(
-        "Pod create -> Succeeded (trivial lab Pod, {what}), {pod_runs} runs: median {:.3} s, p95 {:.3} s",
-        median(&mut times.clone()),
-        percentile(&mut times, 95.0)
-    );
+    times
+}
+
+/// Audit logging's cost (goal: at most 5 % slower): `up` to ready and Pod
+/// create -> `Succeeded` with the audit log and without it
+/// (`--no-audit-log`), the two interleaved run by run.
+async fn bench_audit_cost(runs: usize, pod_runs: usize) {
+    let mut up: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut pod: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..runs {
+        for (k, audit) in [true, false].into_iter().enumerate() {
+            let name = format!("bench-audit-{}-{i}-{k}", std::process::id());
+            let t = Instant::now();
+            let info = local::up(&UpOptions {
+                name: name.clone(),
+                no_audit_log: !audit,
+                ..Default::default()
+            })
+            .await
+            .expect("sa-lab up");
+            up[k].push(t.elapsed().as_secs_f64());
+            let client = info.client().await.expect("client");
+            let nss: Api<Namespace> = Api::all(client.clone());
+            nss.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap(),
+            )
+            .await
+            .expect("namespace");
+            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(client.clone(), "bench");
+            wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
+            pod[k].extend(pod_times(&pods, pod_runs, "audit").await);
+            local::down(&name).expect("sa-lab down");
+        }
+    }
+    for (what, v) in [
+        ("sa-lab up -> ready", &mut up),
+        ("Pod create -> Succeeded", &mut pod),
+    ] {
+        let with = median(&mut v[0].clone());
+        let without = median(&mut v[1].clone());
+        println!(
+            "audit log cost, {what}: median {with:.3} s with, {without:.3} s without \
+             ({:+.1} %; {} runs each)",
+            (with / without - 1.0) * 100.0,
+            v[0].len()
+        );
+    }
 }
 
 /// Pod create -> `Succeeded` on kind cluster `cluster`, in a namespace of
@@ -356,5 +413,6 @@ fn main() {
             bench_up(up_runs, node).await;
             bench_node(node, pod_runs, delete_runs, lease_renewals).await;
         }
+        bench_audit_cost(up_runs, pod_runs.div_ceil(2)).await;
     });
 }

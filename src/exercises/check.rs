@@ -932,14 +932,15 @@ impl Grading<'_> {
             }));
         }
         let mut parts = Vec::new();
+        let over_granted = r.actual == "allowed" && oracle::is_refusal(&r.expected);
         let audited = r.reason.as_deref().filter(|x| x.contains("allowed by"));
-        if r.actual == "allowed" && oracle::is_refusal(&r.expected) && audited.is_some() {
+        if let Some(why) = audited.filter(|_| over_granted) {
             // The real call's reason, as the API server logged it.
-            let why = audited.unwrap_or_default().trim_start_matches("RBAC: ");
+            let why = why.trim_start_matches("RBAC: ");
             parts.push(format!(
                 "the API server's audit log says the call was {why}"
             ));
-        } else if r.actual == "allowed" && oracle::is_refusal(&r.expected) && !r.verb.is_empty() {
+        } else if over_granted && !r.verb.is_empty() {
             let (user, groups) = kit::sa_user(ns, sa);
             let attrs = ResourceAttributes {
                 verb: Some(r.verb.clone()),

@@ -165,8 +165,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
             let audit = source_path
                 .as_deref()
                 .and_then(Path::parent)
-                .filter(|dir| crate::audit::log_path(dir).is_file())
-                .map(crate::audit::AuditLog::of_cluster);
+                .and_then(crate::audit::AuditLog::kept_in);
             if audit.is_none() {
                 eprintln!(
                     "Note: sa-lab cannot read this {provider} cluster's audit log, \

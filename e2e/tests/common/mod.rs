@@ -198,7 +198,8 @@ fn kind_cluster() -> TestCluster {
         .expect("kubectl on PATH (or sa-lab's build: scripts/install-k8s.sh)");
     let audit_log = kubeconfig
         .parent()
-        .is_some_and(|dir| sa_lab::audit::log_path(dir).is_file());
+        .and_then(sa_lab::audit::AuditLog::kept_in)
+        .is_some();
     let info = ClusterInfo {
         name,
         dir: kubeconfig.parent().map(PathBuf::from).unwrap_or_default(),

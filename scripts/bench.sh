@@ -9,7 +9,8 @@
 #    graceful delete to the Pod gone (the program exits on SIGTERM), and the
 #    interval between the node's Lease renewals;
 #    1 and 2 with the sandbox node, then (as root) with the kubelet node;
-# 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down);
+# 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down), with and
+#    without the API server's audit log, interleaved;
 # 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000
 #    ServiceAccounts and 4,000 RoleBindings: median wall time and peak memory;
 # 5. `sa-lab check` of a passing exercise (03-pods-only, its solution) on a
@@ -68,6 +69,11 @@ bench_check() {
 
 median() {
   sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# How much slower A is than B, as a signed percentage ("+3.1 %").
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f %%", (a / b - 1) * 100 }'
 }
 
 # Why kind cannot run here, or nothing.
@@ -144,13 +150,17 @@ main() {
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench startup -- \
     "${up_runs}" "${pod_runs}" "${delete_runs}" "${lease_renewals}"
 
-  local times=() i t
+  # With and without the audit log, interleaved so both see the same machine.
+  local times=() plain=() i
   for ((i = 0; i < tour_runs; i++)); do
-    t="$(elapsed target/debug/sa-lab tour)"
-    times+=("${t}")
+    times+=("$(elapsed target/debug/sa-lab tour)")
+    plain+=("$(elapsed target/debug/sa-lab tour --no-audit-log)")
   done
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
     "${tour_runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+  printf 'sa-lab tour --no-audit-log, %d runs: median %s s (runs: %s); audit log cost: %s\n' \
+    "${tour_runs}" "$(printf '%s\n' "${plain[@]}" | median)" "${plain[*]}" \
+    "$(ratio "$(printf '%s\n' "${times[@]}" | median)" "$(printf '%s\n' "${plain[@]}" | median)")"
 
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench audit -- 200 "${audit_runs}"
   bench_check "${check_runs}"

@@ -96,9 +96,12 @@ pub struct TourReport {
 }
 
 /// Every chapter in order on a fresh local cluster, torn down afterwards,
-/// also on Ctrl-C. `each` sees every chapter as it finishes.
+/// also on Ctrl-C. `each` sees every chapter as it finishes. With
+/// `no_audit_log` the API server keeps no audit log (rows then name no
+/// binding; the benchmark compares the two).
 pub async fn tour(
     timeout: Duration,
+    no_audit_log: bool,
     mut each: impl FnMut(&TourEntry),
 ) -> Result<TourReport, Error> {
     let start = Instant::now();
@@ -108,6 +111,7 @@ pub async fn tour(
         .map_err(Error::Signal)?;
     let info = local::up_interruptible(&local::UpOptions {
         name: name.clone(),
+        no_audit_log,
         ..Default::default()
     })
     .await?;

@@ -157,6 +157,10 @@ enum Cmd {
         /// Seconds to wait for each batch of lab Pods.
         #[arg(long, default_value_t = 90)]
         timeout: u64,
+        /// Run kube-apiserver without its audit log (then no row says which
+        /// binding allowed it).
+        #[arg(long)]
+        no_audit_log: bool,
     },
     /// What a ServiceAccount did, from the API server's audit log: every
     /// call, its answer, and which binding allowed it (local clusters).
@@ -455,8 +459,12 @@ async fn dispatch(command: Cmd) -> anyhow::Result<bool> {
             dir,
         } => show(ex::solution(dir.dir.as_deref(), &id, reveal, write)?),
         Cmd::Reset { id, dir } => show(ex::reset(dir.dir.as_deref(), &id)?),
-        Cmd::Tour { output, timeout } => {
-            let report = course::tour(Duration::from_secs(timeout), |entry| {
+        Cmd::Tour {
+            output,
+            timeout,
+            no_audit_log,
+        } => {
+            let report = course::tour(Duration::from_secs(timeout), no_audit_log, |entry| {
                 if let Output::Table = output {
                     match (&entry.result, &entry.error) {
                         (Some(r), _) => println!("{}\n", chapters::render_table(r)),

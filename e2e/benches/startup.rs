@@ -1,6 +1,8 @@
 //! Benchmarks (not tests): prints medians over several runs.
 //!
-//! - `sa-lab up` to ready, and each component's resident memory once ready;
+//! - `sa-lab up` to ready beside the floor (etcd and kube-apiserver alone
+//!   to `/readyz`, interleaved with it), where `up`'s time goes by the
+//!   supervisor's phases, and each component's resident memory once ready;
 //! - Pod create to `Succeeded` for a trivial lab Pod, a graceful delete
 //!   (the program handles SIGTERM) to the Pod gone, and the interval
 //!   between the node's Lease renewals;
@@ -15,7 +17,8 @@
 //! These are the timings the e2e tests do not assert (they assert what
 //! happens, not how fast). Run through `scripts/bench.sh` (which also times
 //! `sa-lab tour` and kind's create -> ready), or `cargo bench -p sa-lab-e2e
-//! --bench startup -- [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`.
+//! --bench startup -- [UP_RUNS] [POD_RUNS] [DELETE_RUNS] [LEASE_RENEWALS]`
+//! (`POD_RUNS` 0: `up` and its floor only).
 
 use std::time::{Duration, Instant};
 
@@ -57,11 +60,81 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The machine the figures were measured on.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {mem_gib:.1} GiB, Linux {}", kernel.trim())
+}
+
+/// The floor: etcd and kube-apiserver alone, both started at once from a
+/// cluster directory `up` would make (same binaries, same command lines as
+/// the supervisor's), to `/readyz` 200, polled every 10 ms. Seconds from
+/// their start (certificates are made before the clock starts).
+async fn floor_once(name: &str) -> f64 {
+    use sa_lab::local::Component;
+    use std::process::{Command, Stdio};
+    let info = local::prepare(&UpOptions {
+        name: name.to_owned(),
+        ..Default::default()
+    })
+    .expect("prepare a cluster directory");
+    let client = info.client().await.expect("client");
+    let readyz = || {
+        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        client.request_text(req)
+    };
+    let t = Instant::now();
+    let mut children = Vec::new();
+    for c in [Component::Etcd, Component::ApiServer] {
+        let (program, args) = c.command(&info);
+        let log =
+            std::fs::File::create(info.logs_dir().join(format!("{}.log", c.name()))).expect("log");
+        let child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start");
+        children.push(child);
+    }
+    let deadline = t + Duration::from_secs(90);
+    while readyz().await.is_err() {
+        assert!(Instant::now() < deadline, "floor: no /readyz within 90 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for mut c in children.into_iter().rev() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    local::down(name).expect("remove the floor's cluster directory");
+    secs
+}
+
+/// `sa-lab up` to ready, interleaved run by run with the floor (etcd and
+/// kube-apiserver alone to `/readyz`), against the goals; where `up`'s time
+/// goes, by the supervisor's phases; each component's memory once ready.
 async fn bench_up(runs: usize, node: NodeKind) {
     let mut walls = Vec::new();
+    let mut floors = Vec::new();
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
     let mut rss: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for i in 0..runs {
         let name = format!("bench-up-{}-{i}", std::process::id());
+        // The floor before `up` in even runs, after it in odd ones.
+        if i % 2 == 0 {
+            floors.push(floor_once(&format!("bench-floor-{}-{i}", std::process::id())).await);
+        }
         let t = Instant::now();
         let info = local::up(&UpOptions {
             name: name.clone(),
@@ -70,7 +143,25 @@ async fn bench_up(runs: usize, node: NodeKind) {
         })
         .await
         .expect("sa-lab up");
-        walls.push(t.elapsed().as_secs_f64());
+        let wall = t.elapsed().as_secs_f64();
+        walls.push(wall);
+        let st = local::read_status(&info.dir).expect("status");
+        // Each phase lasts until the next one begins; what comes before
+        // the supervisor is the rest of the wall time.
+        let at_ready = st.timeline.last().map_or(wall, |m| m.at);
+        let mut parts = vec![(
+            "certificates, kubeconfigs, supervisor start".to_string(),
+            wall - at_ready,
+        )];
+        for w in st.timeline.windows(2) {
+            parts.push((format!("phase {}", w[0].what), w[1].at - w[0].at));
+        }
+        for (what, secs) in parts {
+            match phases.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, v)) => v.push(secs),
+                None => phases.push((what, vec![secs])),
+            }
+        }
         // Memory once the cluster has settled for a moment.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let st = local::read_status(&info.dir).expect("status");
@@ -85,14 +176,36 @@ async fn bench_up(runs: usize, node: NodeKind) {
         rss.entry("supervisor".into()).or_default().push(sup);
         rss.entry("TOTAL".into()).or_default().push(total);
         local::down(&name).expect("sa-lab down");
+        if i % 2 == 1 {
+            floors.push(floor_once(&format!("bench-floor-{}-{i}", std::process::id())).await);
+        }
     }
+    let up = median(&mut walls.clone());
     println!(
-        "sa-lab up --node {} -> ready, {runs} runs: median {:.2} s (min {:.2}, max {:.2})",
+        "sa-lab up --node {} -> ready, {runs} runs: median {up:.2} s (min {:.2}, max {:.2})",
         node.as_str(),
-        median(&mut walls.clone()),
         walls.iter().cloned().fold(f64::MAX, f64::min),
         walls.iter().cloned().fold(0.0, f64::max)
     );
+    let floor = median(&mut floors.clone());
+    println!(
+        "floor: etcd + kube-apiserver alone -> /readyz, {runs} runs interleaved: median {floor:.2} s \
+         (min {:.2}, max {:.2})",
+        floors.iter().cloned().fold(f64::MAX, f64::min),
+        floors.iter().cloned().fold(0.0, f64::max)
+    );
+    let ratio = up / floor;
+    let met = |ok: bool| if ok { "met" } else { "not met" };
+    println!(
+        "up / floor: {ratio:.2}; goals: up <= 3.0 s ({}), up / floor <= 1.1 ({}); machine: {}",
+        met(up <= 3.0),
+        met(ratio <= 1.1),
+        machine()
+    );
+    println!("where up's time goes (median of {runs} runs, each phase until the next begins):");
+    for (what, mut v) in phases {
+        println!("  {what:<46} {:>6.2} s", median(&mut v));
+    }
     println!("resident memory 3 s after ready (median of {runs} runs):");
     for (name, mut v) in rss {
         println!("  {name:<24} {:>7.1} MiB", median(&mut v));
@@ -392,7 +505,14 @@ fn main() {
         .build()
         .unwrap();
     // The kubelet node needs root; without it, say so instead of a figure.
+    // SA_LAB_SKIP_KUBELET=1 leaves it out (the host's one kubelet slot is
+    // another job's).
+    let skip = std::env::var("SA_LAB_SKIP_KUBELET").is_ok_and(|v| v == "1");
     let kubelet = match sa_lab::kubelet::host::require_root() {
+        Ok(()) if skip => {
+            println!("kubelet node: not measured (SA_LAB_SKIP_KUBELET=1)");
+            false
+        }
         Ok(()) => true,
         Err(e) => {
             println!("kubelet node: not measured ({e})");
@@ -411,8 +531,12 @@ fn main() {
                 continue;
             }
             bench_up(up_runs, node).await;
-            bench_node(node, pod_runs, delete_runs, lease_renewals).await;
+            if pod_runs > 0 {
+                bench_node(node, pod_runs, delete_runs, lease_renewals).await;
+            }
         }
-        bench_audit_cost(up_runs, pod_runs.div_ceil(2)).await;
+        if pod_runs > 0 {
+            bench_audit_cost(up_runs, pod_runs.div_ceil(2)).await;
+        }
     });
 }

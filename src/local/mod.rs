@@ -252,6 +252,20 @@ pub struct Status {
     /// Set when start-up failed; the supervisor then stops everything.
     pub error: Option<String>,
     pub components: Vec<ComponentStatus>,
+    /// When each start-up phase began, and when the cluster was ready, in
+    /// seconds since the supervisor started (the benchmark's breakdown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Milestone>,
+}
+
+/// One step of the supervisor's start-up ([`Status::timeline`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Milestone {
+    /// The phase that began ("etcd", "kube-apiserver", ...), or "ready" once
+    /// the cluster is.
+    pub what: String,
+    /// Seconds since the supervisor started.
+    pub at: f64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -503,6 +517,38 @@ async fn prepare_and_start(
     bin_dir: PathBuf,
     kubelet_node: Option<&kubelet::Prepared>,
 ) -> Result<ClusterInfo, Error> {
+    let info = write_cluster(name, dir, opts, bin_dir, kubelet_node)?;
+    start_supervisor(&info, kubelet_node).await?;
+    Ok(info)
+}
+
+/// Makes a sandbox-node cluster's directory as `up` does (certificates,
+/// kubeconfigs, ports, `cluster.json`) and starts nothing: the benchmark's
+/// floor runs etcd and kube-apiserver alone from it, with the command lines
+/// [`Component::command`] gives the supervisor. `down` removes it.
+pub fn prepare(opts: &UpOptions) -> Result<ClusterInfo, Error> {
+    validate_name(&opts.name)?;
+    if let Some(pid) = running_pid(&opts.name) {
+        return Err(Error::AlreadyRunning {
+            name: opts.name.clone(),
+            pid,
+        });
+    }
+    let dir = paths::cluster_dir(&opts.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err(format!("removing stale {}", dir.display())))?;
+    }
+    write_cluster(&opts.name, &dir, opts, binaries::ensure()?, None)
+}
+
+/// The cluster's directory, certificates, kubeconfigs and `cluster.json`.
+fn write_cluster(
+    name: &str,
+    dir: &Path,
+    opts: &UpOptions,
+    bin_dir: PathBuf,
+    kubelet_node: Option<&kubelet::Prepared>,
+) -> Result<ClusterInfo, Error> {
     let step = ui::Step::start("Generating certificates and kubeconfigs");
     pki::create_private_dir(dir)?;
     for sub in ["logs", "node"] {
@@ -583,7 +629,15 @@ async fn prepare_and_start(
     let json = serde_json::to_vec_pretty(&info).expect("cluster info serializes");
     pki::write_private(&dir.join("cluster.json"), &json)?;
     step.ok();
+    Ok(info)
+}
 
+/// Starts the cluster's supervisor and waits until the cluster is ready.
+async fn start_supervisor(
+    info: &ClusterInfo,
+    kubelet_node: Option<&kubelet::Prepared>,
+) -> Result<(), Error> {
+    let (name, dir) = (info.name.as_str(), info.dir.as_path());
     let log = dir.join("logs/supervisor.log");
     let out = fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
     let err = out.try_clone().map_err(io_err("cloning log handle"))?;
@@ -609,8 +663,7 @@ async fn prepare_and_start(
         let mut child = child;
         let _ = child.wait();
     });
-    wait_ready(&info, pid).await?;
-    Ok(info)
+    wait_ready(info, pid).await
 }
 
 /// Shows the supervisor's progress as steps and returns once it is ready.

@@ -225,7 +225,9 @@ impl Supervisor {
             return Ok(());
         }
         self.status.ready = true;
-        self.phase("ready");
+        self.milestone("cluster ready");
+        self.status.phase = "ready".into();
+        self.refresh_status();
         eprintln!(
             "supervisor: cluster ready after {:.2}s",
             self.started.elapsed().as_secs_f64()
@@ -298,7 +300,16 @@ impl Supervisor {
 
     fn phase(&mut self, phase: &str) {
         self.status.phase = phase.to_string();
+        self.milestone(phase);
         self.refresh_status();
+    }
+
+    /// Notes in the timeline that `what` began now.
+    fn milestone(&mut self, what: &str) {
+        self.status.timeline.push(super::Milestone {
+            what: what.to_string(),
+            at: self.started.elapsed().as_secs_f64(),
+        });
     }
 
     fn log_path(&self, component: Component) -> PathBuf {

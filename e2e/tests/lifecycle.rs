@@ -191,17 +191,17 @@ fn no_binaries_and_no_go_is_a_clear_error() {
     );
 }
 
-/// A component that crashes during start-up is named, with its log tail,
-/// and everything already started is stopped.
-#[test]
-fn a_crashing_component_is_reported_and_cleaned_up() {
+/// `up` with `component`'s binary replaced by one that fails at once:
+/// the component is named, with its log tail, and everything already
+/// started is stopped and removed.
+fn crash_at_start(component: &str) {
     require_binaries();
     let real = sa_lab::binaries::find().unwrap();
     let fake = tempfile::tempdir().unwrap();
     for b in sa_lab::binaries::REQUIRED {
         std::os::unix::fs::symlink(real.join(b), fake.path().join(b)).unwrap();
     }
-    let broken = fake.path().join("kube-apiserver");
+    let broken = fake.path().join(component);
     std::fs::remove_file(&broken).unwrap();
     std::fs::write(
         &broken,
@@ -217,7 +217,10 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
     )
     .code(2);
     let err = stderr(&out);
-    assert!(err.contains("kube-apiserver failed to start"), "{err}");
+    assert!(
+        err.contains(&format!("{component} failed to start")),
+        "{err}"
+    );
     assert!(
         err.contains("simulated crash"),
         "log tail must be shown: {err}"
@@ -226,7 +229,21 @@ fn a_crashing_component_is_reported_and_cleaned_up() {
         !sa_lab::paths::cluster_dir(&name).exists(),
         "nothing half-made"
     );
-    // etcd, started before the crash, is gone too.
+    // What started beside it is gone too.
     let leftover = processes_mentioning(&format!("clusters/{name}/"));
     assert!(leftover.is_empty(), "processes left: {leftover:?}");
+}
+
+/// A component that crashes during start-up is named, with its log tail,
+/// and everything already started is stopped.
+#[test]
+fn a_crashing_component_is_reported_and_cleaned_up() {
+    crash_at_start("kube-apiserver");
+}
+
+/// etcd starts together with kube-apiserver: when it fails, it is etcd
+/// that is named, not the API server waiting for it.
+#[test]
+fn a_crashing_etcd_is_named_though_the_api_server_started_beside_it() {
+    crash_at_start("etcd");
 }

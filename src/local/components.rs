@@ -220,8 +220,7 @@ fn kubelet_node_flags(c: Component, args: &mut Vec<String>, k: &crate::kubelet::
 /// The progress line shown while the supervisor waits in `phase`.
 pub fn phase_label(phase: &str) -> String {
     match phase {
-        "etcd" => "Starting etcd".into(),
-        "kube-apiserver" => "Starting kube-apiserver".into(),
+        "kube-apiserver" => "Starting etcd and kube-apiserver".into(),
         "controllers" => "Starting kube-controller-manager, kube-scheduler and the sandbox node".into(),
         "node-host" => "Preparing the host for the kubelet node (address, bridge, cgroups, rules)".into(),
         "containerd" => "Starting containerd and importing the pause and lab images".into(),

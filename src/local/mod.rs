@@ -3,7 +3,8 @@
 //!
 //! `up` prepares the cluster directory (PKI, kubeconfigs, ports) and starts a
 //! detached supervisor process (`sa-lab supervise`) that owns every component:
-//! it starts them in order, waits until the cluster is ready, restarts any
+//! it starts etcd and kube-apiserver together, then, once the API server is
+//! ready, what talks to it, waits until the cluster is ready, restarts any
 //! component that exits (with a back-off, in dependency order, giving up on
 //! one that keeps crashing), and stops everything on SIGTERM. Components are
 //! started with a parent-death signal, so they cannot outlive the supervisor.

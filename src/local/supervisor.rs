@@ -164,19 +164,12 @@ impl Supervisor {
             self.write_node_options()?;
         }
 
-        self.phase("etcd");
-        self.spawn(Component::Etcd)?;
-        let etcd_port = self.info.etcd_port;
-        if let Wait::Stop = self
-            .wait("etcd", &mut term, &mut int, async || {
-                etcd_healthy(etcd_port)
-            })
-            .await?
-        {
-            return Ok(());
-        }
-
+        // etcd and kube-apiserver start together, as kubeadm's static Pods
+        // do: the API server retries etcd until it answers, and its
+        // `/readyz` includes etcd. Waiting for etcd's `/health` first cost
+        // up to a second here and bought nothing.
         self.phase("kube-apiserver");
+        self.spawn(Component::Etcd)?;
         self.spawn(Component::ApiServer)?;
         let client = self.info.client().await?;
         let c = client.clone();
@@ -198,9 +191,15 @@ impl Supervisor {
                 return Ok(());
             }
         } else {
-            // The API server's client for the node (`kubectl logs`) gets
-            // the role kubeadm gives it; the node asks the API server
-            // whether a caller may (SubjectAccessReview), as a kubelet does.
+            // What talks to the API server starts the moment it is ready.
+            self.phase("controllers");
+            self.spawn(Component::ControllerManager)?;
+            self.spawn(Component::Scheduler)?;
+            self.spawn(Component::Node)?;
+            // Meanwhile, the API server's client for the node (`kubectl
+            // logs`) gets the role kubeadm gives it; the node asks the API
+            // server whether a caller may (SubjectAccessReview), as a
+            // kubelet does. It is in place before the cluster is ready.
             crate::kubelet::bind_kubelet_api_admin(&client)
                 .await
                 .map_err(|e| {
@@ -209,10 +208,6 @@ impl Supervisor {
                         &format!("binding system:kubelet-api-admin: {e:#}"),
                     )
                 })?;
-            self.phase("controllers");
-            self.spawn(Component::ControllerManager)?;
-            self.spawn(Component::Scheduler)?;
-            self.spawn(Component::Node)?;
         }
         self.phase("ready");
         let node = self.info.node_name.clone();
@@ -430,6 +425,8 @@ impl Supervisor {
             if Instant::now() > deadline {
                 let name = match what {
                     "ready" => "kube-controller-manager",
+                    // Started together: name the one that does not answer.
+                    "kube-apiserver" if !etcd_healthy(self.info.etcd_port) => "etcd",
                     other => other,
                 };
                 return Err(self.fail(

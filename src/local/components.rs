@@ -154,6 +154,13 @@ impl Component {
                     "--leader-elect=false",
                     "--secure-port=0",
                     "--service-cluster-ip-range=10.0.0.0/24",
+                    // Its own client-side rate limit (20/s after a burst of
+                    // 30 by default) paced its start-up: each controller's
+                    // ServiceAccount and token are fetched one by one, ~60
+                    // requests 50 ms apart, ~0.7 s before the cluster was
+                    // ready. One cluster, one tenant: let it go.
+                    "--kube-api-qps=500",
+                    "--kube-api-burst=1000",
                 ]);
                 a.push(format!("--kubeconfig={kc}"));
                 a.push(format!("--authentication-kubeconfig={kc}"));

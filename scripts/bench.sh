@@ -4,7 +4,9 @@
 #   scripts/bench.sh [UP_RUNS=5] [POD_RUNS=20] [TOUR_RUNS=3] [DELETE_RUNS=5] [LEASE_RENEWALS=3]
 #                    [AUDIT_RUNS=3] [CHECK_RUNS=10] [KIND_RUNS=3]
 #
-# 1. `sa-lab up` to ready, and each component's resident memory;
+# 1. `sa-lab up` to ready beside its floor (etcd + kube-apiserver alone to
+#    `/readyz`, interleaved), their ratio and the goals, where `up`'s time
+#    goes by phase, and each component's resident memory;
 # 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
 #    graceful delete to the Pod gone (the program exits on SIGTERM), and the
 #    interval between the node's Lease renewals;

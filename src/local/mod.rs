@@ -98,9 +98,9 @@ pub enum Error {
     Kubelet(#[from] kubelet::Error),
     /// Ctrl-C (or SIGTERM) arrived while the cluster was starting.
     #[error(
-        "interrupted while starting cluster {0:?}; everything it had started was stopped and removed"
+        "interrupted ({1}) while starting cluster {0:?}; everything it had started was stopped and removed"
     )]
-    Interrupted(String),
+    Interrupted(String, crate::interrupt::Caught),
     /// The supervisor gave up on a component that kept crashing.
     #[error("{0}")]
     GaveUp(Box<GaveUp>),
@@ -477,23 +477,20 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
 /// Like [`up`], but a Ctrl-C (SIGINT) or SIGTERM while starting stops and
 /// removes the half-made cluster instead of leaving it running.
 pub async fn up_interruptible(opts: &UpOptions) -> Result<ClusterInfo, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing a Ctrl-C handler"))?;
-    let mut term =
-        signal(SignalKind::terminate()).map_err(io_err("installing a SIGTERM handler"))?;
+    let mut interrupt = crate::interrupt::Interrupt::install()
+        .map_err(io_err("installing Ctrl-C and SIGTERM handlers"))?;
     let name = if opts.name.is_empty() {
         DEFAULT_NAME.to_string()
     } else {
         opts.name.clone()
     };
-    tokio::select! {
+    let signal = tokio::select! {
         r = up(opts) => return r,
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+        signal = interrupt.recv() => signal,
+    };
     let n = name.clone();
     let _ = tokio::task::spawn_blocking(move || down(&n)).await;
-    Err(Error::Interrupted(name))
+    Err(Error::Interrupted(name, signal))
 }
 
 async fn prepare_and_start(

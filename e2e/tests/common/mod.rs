@@ -363,3 +363,68 @@ pub fn listeners_of(port: u16) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// Component `name` as the cluster's supervisor last recorded it.
+pub fn component(info: &ClusterInfo, name: &str) -> local::ComponentStatus {
+    let st = local::read_status(&info.dir).expect("status.json");
+    st.components
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no component {name} in status.json"))
+}
+
+/// The live processes of a cluster: its supervisor and whatever names its
+/// directory (components, the node, Pods' `pod-exec`).
+pub fn processes_of(info: &ClusterInfo) -> Vec<(u32, String)> {
+    let mut found = processes_mentioning(&info.dir.display().to_string());
+    found.extend(processes_mentioning(&format!(
+        "supervise --name {} ",
+        info.name
+    )));
+    found
+}
+
+/// Mount points at or under `dir` (in this process's mount namespace).
+pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| std::path::Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Nothing of the cluster is left: no process, no listening port, no mount,
+/// no state directory.
+pub fn assert_gone(info: &ClusterInfo) {
+    let pids = processes_of(info);
+    assert!(pids.is_empty(), "processes of {} left: {pids:?}", info.name);
+    for port in info.ports() {
+        assert!(!local::port_listening(port), "port {port} still listening");
+    }
+    let mounts = mounts_under(&info.dir);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!info.dir.exists(), "{} still exists", info.dir.display());
+}
+
+/// Stops a cluster started by command, also when the test panics.
+pub struct Down(pub String);
+
+impl Down {
+    /// The test stopped the cluster itself (and checks that it did).
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if let Err(e) = local::down(&self.0) {
+            eprintln!("sa-lab down {} failed: {e}", self.0);
+            if !std::thread::panicking() {
+                panic!("sa-lab down {} failed: {e}", self.0);
+            }
+        }
+    }
+}

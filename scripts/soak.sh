@@ -4,7 +4,7 @@
 #   scripts/soak.sh [CYCLES=10] [TOURS=2] [RUNS=10] [MAX_MINUTES=60]
 #
 # 1. CYCLES times: `sa-lab up`, a chapter (01..08 in turn), `kill -9` of one
-#    component (each in turn) and the supervisor's restart awaited, the
+#    component (each in turn, as `sa-lab status` lists them) and the supervisor's restart awaited, the
 #    chapter again, `sa-lab down`;
 # 2. TOURS times: `sa-lab tour` (its own cluster, brought up and torn down);
 # 3. one cluster left running for RUNS chapter runs: the cluster's resident
@@ -15,7 +15,8 @@
 # component log is scanned for JWTs and PEM private keys (the pki directory,
 # kubeconfigs and Pod volumes hold credentials by design and are not logs).
 # Starts nothing new after MAX_MINUTES (saying so). Exits 1 if anything
-# failed, leaked or a secret was found. Uses the node $SA_LAB_NODE picks.
+# failed, leaked or a secret was found; a failed cycle's outputs and cluster
+# logs are kept in a directory it names. Uses the node $SA_LAB_NODE picks.
 set -o errexit -o nounset -o pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +30,7 @@ HEALED=0
 LEAKS=()
 SECRETS=0
 DEADLINE=0
+KEEP=""
 
 # Every cluster the soak's state dir still has is stopped, then the dir goes.
 cleanup() {
@@ -43,6 +45,17 @@ cleanup() {
 failed() {
   FAILURES=$((FAILURES + 1))
   fail "$*"
+}
+
+# Keeps what a failed cycle leaves to read (its outputs and the cluster's
+# logs) in KEEP, which outlives the soak's state directory.
+keep() {
+  local name="$1" dest
+  [[ -n "${KEEP}" ]] || KEEP="$(mktemp -d "${TMPDIR:-/tmp}/sa-lab-soak-failed.XXXXXX")"
+  dest="${KEEP}/${name}"
+  mkdir -p "${dest}"
+  cp -a "${SA_LAB_HOME}/out-${name}".* "${dest}/" 2>/dev/null || true
+  cp -a "$(cluster_dir "${name}")/logs" "${dest}/" 2>/dev/null || true
 }
 
 # Runs "$@" with its output in FILE; on failure counts it and shows the tail.
@@ -160,28 +173,29 @@ time_left() {
 }
 
 cycles() {
-  local n="$1" i name chapter comps c ports logs out
-  mapfile -t comps < <(printf '%s\n' etcd kube-apiserver kube-controller-manager kube-scheduler node)
+  local n="$1" i name chapter c ports logs out failures_before
+  local names=()
   for ((i = 0; i < n; i++)); do
     time_left || return 0
     name="soak-$$-${i}"
+    failures_before="${FAILURES}"
     chapter="$(printf '%02d' $((i % 8 + 1)))"
-    c="${comps[i % ${#comps[@]}]}"
     out="${SA_LAB_HOME}/out-${name}"
-    log "cycle $((i + 1))/${n}: up, run ${chapter}, kill -9 ${c}, run ${chapter}, down"
+    log "cycle $((i + 1))/${n}: up, run ${chapter}, kill -9 a component, run ${chapter}, down"
     if attempt "up ${name}" "${out}.up" "${SA_LAB}" up --name "${name}"; then
       attempt "run ${chapter} on ${name}" "${out}.run1" "${SA_LAB}" run "${chapter}" --name "${name}" || true
-      if [[ -n "$(component_field "${name}" "${c}" pid)" ]]; then
-        if kill_and_heal "${name}" "${c}"; then
-          attempt "run ${chapter} after ${c} healed" "${out}.run2" "${SA_LAB}" run "${chapter}" --name "${name}" || true
-        fi
-      else
-        # The kubelet node names its components differently.
-        warn "${name}: no component ${c} (node $("${SA_LAB}" status --name "${name}" -o json | jq -r '[.[0].components[].name] | join(",")'))"
+      # Each component in turn, as the cluster names them (the kubelet node
+      # has more).
+      mapfile -t names < <("${SA_LAB}" status --name "${name}" -o json | jq -r '.[0].components[].name')
+      c="${names[i % ${#names[@]}]}"
+      log "  kill -9 ${c}"
+      if kill_and_heal "${name}" "${c}"; then
+        attempt "run ${chapter} after ${c} healed" "${out}.run2" "${SA_LAB}" run "${chapter}" --name "${name}" || true
       fi
     fi
     mapfile -t logs < <(find "$(cluster_dir "${name}")/logs" -type f 2>/dev/null)
     scan "${name} logs" "${logs[@]}"
+    ((FAILURES == failures_before)) || keep "${name}"
     mapfile -t ports < <(listening_ports "${name}")
     attempt "down ${name}" "${out}.down" "${SA_LAB}" down --name "${name}" || true
     scan "${name} output" "${out}".*
@@ -194,8 +208,8 @@ tours() {
   for ((i = 0; i < n; i++)); do
     time_left || return 0
     log "tour $((i + 1))/${n}"
-    out="${SA_LAB_HOME}/out-tour-${i}"
-    attempt "tour" "${out}" "${SA_LAB}" tour || true
+    out="${SA_LAB_HOME}/out-tour-${i}.log"
+    attempt "tour" "${out}" "${SA_LAB}" tour || keep "tour-${i}"
     scan "tour output" "${out}"
     for name in "${SA_LAB_HOME}"/clusters/tour-*; do
       [[ -e "${name}" ]] && LEAKS+=("tour: ${name} left")
@@ -275,6 +289,7 @@ main() {
   for leak in "${LEAKS[@]}"; do printf '    %s\n' "${leak}"; done
   printf '  secrets found (JWTs, private keys in outputs and logs): %d\n' "${SECRETS}"
   printf '  memory: %s\n' "${MEMORY}"
+  [[ -z "${KEEP}" ]] || printf '  outputs and cluster logs of the failed cycles: %s\n' "${KEEP}"
   ((FAILURES == 0 && ${#LEAKS[@]} == 0 && SECRETS == 0))
 }
 

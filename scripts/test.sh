@@ -42,6 +42,11 @@ main() {
       warn "not root (with CAP_SYS_ADMIN, CAP_NET_ADMIN): the kubelet node's tests are skipped (CI runs them)"
       export SA_LAB_SKIP_KUBELET=1
     fi
+    if [[ "$(id -u)" == 0 && -z "${SA_LAB_FAKETIME_LIB:-}" ]]; then
+      # The clock-jump fault test moves the sandbox node's clock with it.
+      require_debian_packages "the clock-jump fault test (e2e/tests/faults_host.rs) uses libfaketime" \
+        faketime=faketime
+    fi
   fi
 
   log "mdBook"

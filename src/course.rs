@@ -3,9 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
 use serde::Serialize;
 
+use crate::chapters::kit::COURSE_NAMESPACES;
 use crate::chapters::{self, Chapter, ChapterResult, RunContext};
+use crate::interrupt::{Caught, Interrupt};
 use crate::local;
 use crate::provider::Connection;
 
@@ -21,13 +25,27 @@ pub enum Error {
     /// A chapter could not run.
     #[error(transparent)]
     Chapter(#[from] chapters::Error),
-    /// Ctrl-C arrived.
-    #[error("interrupted (Ctrl-C); the tour's cluster was removed")]
-    Interrupted,
+    /// Ctrl-C or SIGTERM arrived during the tour.
+    #[error("interrupted ({0}); the tour's cluster was removed")]
+    Interrupted(Caught),
+    /// Ctrl-C or SIGTERM arrived during a chapter run.
+    #[error(
+        "interrupted ({signal}); what chapter {chapter:02} had made was removed \
+         (its objects, and the namespaces it created)"
+    )]
+    RunInterrupted {
+        /// Which signal.
+        signal: Caught,
+        /// The chapter's number.
+        chapter: u8,
+    },
     /// A signal handler could not be installed.
-    #[error("installing a Ctrl-C handler")]
+    #[error("installing Ctrl-C and SIGTERM handlers")]
     Signal(#[source] std::io::Error),
 }
+
+/// How long a namespace a run made may take to go once it is interrupted.
+const NS_GONE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The run context for `conn`.
 pub fn context(conn: &Connection, timeout: Duration) -> RunContext {
@@ -44,17 +62,90 @@ pub fn context(conn: &Connection, timeout: Duration) -> RunContext {
 /// supervisor restarted a component during a run that did not pass, waits
 /// (bounded) for the cluster to be whole again and runs the chapter once
 /// more: it starts from a clean slate, so a second run is safe.
+///
+/// Ctrl-C or SIGTERM stops the run and removes what it had made: every
+/// object of the course (as the next run's clean slate would) and the
+/// course namespaces that did not exist when it started. A finished run
+/// leaves its objects for the learner to look at; an interrupted one
+/// leaves nothing half-made.
 pub async fn run(
     conn: &Connection,
     chapter: &Chapter,
     timeout: Duration,
 ) -> Result<ChapterResult, Error> {
+    let mut interrupt = Interrupt::install().map_err(Error::Signal)?;
     let cx = context(conn, timeout);
+    let existed = tokio::select! {
+        r = existing_namespaces(&cx) => r?,
+        // Nothing made yet.
+        signal = interrupt.recv() => {
+            return Err(Error::RunInterrupted { signal, chapter: chapter.number });
+        }
+    };
+    let signal = tokio::select! {
+        r = run_healing(conn, &cx, chapter) => return r,
+        signal = interrupt.recv() => signal,
+    };
+    let step = crate::ui::Step::start(format!(
+        "Interrupted ({signal}): removing what chapter {:02} made",
+        chapter.number
+    ));
+    match remove_made(&cx, &existed).await {
+        Ok(()) => step.ok(),
+        Err(e) => {
+            step.fail();
+            return Err(e);
+        }
+    }
+    Err(Error::RunInterrupted {
+        signal,
+        chapter: chapter.number,
+    })
+}
+
+/// The course namespaces that exist now.
+async fn existing_namespaces(cx: &RunContext) -> Result<Vec<&'static str>, Error> {
+    let api: Api<Namespace> = Api::all(cx.client.clone());
+    let mut out = Vec::new();
+    for ns in COURSE_NAMESPACES {
+        let found = api
+            .get_opt(ns)
+            .await
+            .map_err(|source| chapters::Error::Api {
+                action: format!("reading namespace {ns}"),
+                source,
+            })?;
+        if found.is_some() {
+            out.push(ns);
+        }
+    }
+    Ok(out)
+}
+
+/// After an interrupted run: the course's objects, and the course
+/// namespaces not in `existed`, deleted and gone. The clean slate runs
+/// twice: a create that was in flight when the run was stopped may land
+/// during the first.
+async fn remove_made(cx: &RunContext, existed: &[&str]) -> Result<(), Error> {
+    cx.clean_slate().await?;
+    cx.clean_slate().await?;
+    let api: Api<Namespace> = Api::all(cx.client.clone());
+    for ns in COURSE_NAMESPACES.iter().filter(|ns| !existed.contains(ns)) {
+        chapters::kit::delete_and_wait(&api, ns, NS_GONE_TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+async fn run_healing(
+    conn: &Connection,
+    cx: &RunContext,
+    chapter: &Chapter,
+) -> Result<ChapterResult, Error> {
     let Some(info) = &conn.local else {
-        return Ok(chapters::run_chapter(&cx, chapter).await?);
+        return Ok(chapters::run_chapter(cx, chapter).await?);
     };
     let before = local::restarts(info);
-    let first = chapters::run_chapter(&cx, chapter).await;
+    let first = chapters::run_chapter(cx, chapter).await;
     if matches!(&first, Ok(r) if r.passed()) {
         return Ok(first?);
     }
@@ -70,7 +161,7 @@ pub async fn run(
          running chapter {:02} again",
         info.name, chapter.number
     ));
-    Ok(chapters::run_chapter(&cx, chapter).await?)
+    Ok(chapters::run_chapter(cx, chapter).await?)
 }
 
 /// One chapter's line in the tour summary.
@@ -96,8 +187,8 @@ pub struct TourReport {
 }
 
 /// Every chapter in order on a fresh local cluster, torn down afterwards,
-/// also on Ctrl-C. `each` sees every chapter as it finishes. With
-/// `no_audit_log` the API server keeps no audit log (rows then name no
+/// also on Ctrl-C or SIGTERM. `each` sees every chapter as it finishes.
+/// With `no_audit_log` the API server keeps no audit log (rows then name no
 /// binding; the benchmark compares the two).
 pub async fn tour(
     timeout: Duration,
@@ -106,9 +197,8 @@ pub async fn tour(
 ) -> Result<TourReport, Error> {
     let start = Instant::now();
     let name = format!("tour-{}", std::process::id());
-    // Installed before bring-up, so no Ctrl-C is ever lost between the two.
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(Error::Signal)?;
+    // Installed before bring-up, so no signal is ever lost between the two.
+    let mut interrupt = Interrupt::install().map_err(Error::Signal)?;
     let info = local::up_interruptible(&local::UpOptions {
         name: name.clone(),
         no_audit_log,
@@ -153,7 +243,7 @@ pub async fn tour(
     };
     let outcome = tokio::select! {
         r = body => r,
-        _ = int.recv() => Err(Error::Interrupted),
+        signal = interrupt.recv() => Err(Error::Interrupted(signal)),
     };
     let step = crate::ui::Step::start(format!("Stopping and removing cluster {name:?}"));
     let down = tokio::task::spawn_blocking(move || local::down(&name))

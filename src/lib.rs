@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod chapters;
 pub mod course;
 pub mod exercises;
+pub mod interrupt;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod local;

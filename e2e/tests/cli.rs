@@ -200,7 +200,7 @@ fn ctrl_c_during_up_leaves_nothing_half_made() {
         .unwrap()
         .assert()
         .code(2)
-        .stderr(contains("interrupted while starting"));
+        .stderr(contains("interrupted (Ctrl-C) while starting"));
     assert!(!dir.exists(), "half-made state removed");
     let left = processes_mentioning(&format!("clusters/{name}/"));
     assert!(left.is_empty(), "processes left: {left:?}");

@@ -11,7 +11,7 @@ mod pod_kit;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{TestCluster, sa_lab};
+use common::{TestCluster, listening_in, loopback, sa_lab, socket_inodes};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
@@ -252,4 +252,158 @@ async fn state_is_private_and_no_secret_leaks() {
         .filter_map(|(what, text)| secret_in(text).map(|s| format!("{what}: {s}")))
         .collect();
     assert!(found.is_empty(), "secrets shown: {found:#?}");
+}
+
+/// Every process of the cluster: its supervisor and everything descended
+/// from it (components, the node's Pod processes), and anything whose
+/// command line names the cluster's directory.
+fn cluster_processes(info: &ClusterInfo) -> Vec<u32> {
+    let sup = sa_lab::local::read_status(&info.dir)
+        .expect("status.json")
+        .supervisor_pid;
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut ours = vec![sup];
+    let mut i = 0;
+    while i < ours.len() {
+        let p = ours[i];
+        ours.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    ours.extend(
+        common::processes_mentioning(&info.dir.display().to_string())
+            .into_iter()
+            .map(|(p, _)| p),
+    );
+    ours.sort();
+    ours.dedup();
+    ours
+}
+
+#[test]
+fn the_socket_table_parser_tells_loopback_from_any() {
+    // Lines as the kernel writes them (header, then one socket a line).
+    let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0\n\
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2222 1 0 100 0 0 10 0\n\
+   2: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0 100 0 0 10 0\n";
+    let found = listening_in("tcp", tcp);
+    assert_eq!(
+        found.len(),
+        2,
+        "the established one is not listening: {found:?}"
+    );
+    assert_eq!(
+        (found[0].addr.to_string(), found[0].port, found[0].inode),
+        ("127.0.0.1".to_string(), 8080, 1111)
+    );
+    assert!(loopback(&found[0].addr));
+    assert_eq!(found[1].addr.to_string(), "0.0.0.0");
+    assert!(!loopback(&found[1].addr), "any address is not loopback");
+    let tcp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1\n\
+   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5555 1\n";
+    let found = listening_in("tcp6", tcp6);
+    assert_eq!(found[0].addr.to_string(), "::1");
+    assert!(loopback(&found[0].addr));
+    assert_eq!(found[1].addr.to_string(), "::");
+    assert!(!loopback(&found[1].addr));
+}
+
+/// After `up`, every TCP or UDP socket a process of the cluster listens on
+/// is bound to loopback (127.0.0.0/8 or ::1), unless it is in a network
+/// namespace other than the host's (one the cluster made). The scan must
+/// find the API server's and etcd's sockets, so an empty scan fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listening_socket_is_on_loopback() {
+    let c = TestCluster::start("sockets").await;
+    let info = c.info.clone();
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let pids = cluster_processes(&info);
+    assert!(pids.len() >= 6, "supervisor + 5 components: {pids:?}");
+    let mut found = Vec::new(); // (owner, socket)
+    let mut elsewhere = Vec::new();
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let inodes = socket_inodes(pid);
+        if inodes.is_empty() {
+            continue;
+        }
+        let own_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if own_net.as_ref() != Some(&host_net) {
+            elsewhere.push(format!("{comm} ({pid}) in {own_net:?}"));
+            continue;
+        }
+        for proto in ["tcp", "tcp6", "udp", "udp6"] {
+            let table =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")).unwrap_or_default();
+            for l in listening_in(proto, &table) {
+                if inodes.contains(&l.inode) {
+                    found.push((format!("{comm} ({pid})"), l));
+                }
+            }
+        }
+    }
+    let owner_of = |port: u16| -> Vec<&str> {
+        found
+            .iter()
+            .filter(|(_, l)| l.port == port && l.proto.starts_with("tcp"))
+            .map(|(o, _)| o.as_str())
+            .collect()
+    };
+    // The twin: the scan sees the sockets it must.
+    assert!(
+        owner_of(info.api_port)
+            .iter()
+            .any(|o| o.starts_with("kube-apiserver")),
+        "the API server's port {} among {found:#?}",
+        info.api_port
+    );
+    assert!(
+        owner_of(info.etcd_port)
+            .iter()
+            .any(|o| o.starts_with("etcd")),
+        "etcd's port {} among {found:#?}",
+        info.etcd_port
+    );
+    assert!(
+        !owner_of(info.kubelet_port).is_empty(),
+        "the node's port {} among {found:#?}",
+        info.kubelet_port
+    );
+    let offenders: Vec<String> = found
+        .iter()
+        .filter(|(_, l)| !loopback(&l.addr))
+        .map(|(o, l)| format!("{o}: {} {}:{}", l.proto, l.addr, l.port))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "listening beyond loopback: {offenders:#?}\n(all found: {found:#?}; in other network namespaces: {elsewhere:?})"
+    );
+    let list: Vec<String> = found
+        .iter()
+        .map(|(o, l)| format!("{o} {} {}:{}", l.proto, l.addr, l.port))
+        .collect();
+    eprintln!(
+        "{} listening sockets, all on loopback: {list:?}; processes in other network namespaces: {elsewhere:?}",
+        found.len()
+    );
 }

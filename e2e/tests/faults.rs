@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    TestCluster, eventually, processes_mentioning, require_binaries, sa_lab, stderr, stdout,
+    Down, TestCluster, assert_gone, component, eventually, require_binaries, sa_lab, stderr, stdout,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -21,14 +21,6 @@ use kube::api::PostParams;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sa_lab::local::{self, ClusterInfo, ComponentStatus};
-
-fn component(info: &ClusterInfo, name: &str) -> ComponentStatus {
-    let st = local::read_status(&info.dir).expect("status.json");
-    st.components
-        .into_iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no component {name} in status.json"))
-}
 
 /// Sends `signal` to component `name` and waits until the supervisor has
 /// started a new process for it.
@@ -44,24 +36,6 @@ async fn kill_and_await_restart(info: &ClusterInfo, name: &str, signal: Signal) 
     })
     .await;
     component(info, name)
-}
-
-fn processes_of(info: &ClusterInfo) -> Vec<(u32, String)> {
-    let mut found = processes_mentioning(&info.dir.display().to_string());
-    found.extend(processes_mentioning(&format!(
-        "supervise --name {} ",
-        info.name
-    )));
-    found
-}
-
-fn assert_gone(info: &ClusterInfo) {
-    let pids = processes_of(info);
-    assert!(pids.is_empty(), "processes of {} left: {pids:?}", info.name);
-    for port in info.ports() {
-        assert!(!local::port_listening(port), "port {port} still listening");
-    }
-    assert!(!info.dir.exists(), "{} still exists", info.dir.display());
 }
 
 fn run_chapter_01(info: &ClusterInfo) -> assert_cmd::assert::Assert {
@@ -261,18 +235,4 @@ async fn a_component_that_keeps_crashing_is_given_up_on_and_reported() {
 
     drop(down);
     assert_gone(&info);
-}
-
-/// Stops a cluster started by command, also when the test panics.
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        if let Err(e) = local::down(&self.0) {
-            eprintln!("sa-lab down {} failed: {e}", self.0);
-            if !std::thread::panicking() {
-                panic!("sa-lab down {} failed: {e}", self.0);
-            }
-        }
-    }
 }

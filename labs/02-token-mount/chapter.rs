@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::conditions;
 use kube::ResourceExt as _;
+use std::time::Duration;
 
 use crate::chapters::kit::{
     self, Error, LabRun, PRODUCTION, RunContext, probe_row, row, username,
@@ -166,11 +167,16 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
         }),
         ..Default::default()
     };
-    let [live, terminating, deleted] = [
+    let [live, terminating] = [
         cx.token(PRODUCTION, WHO, spec.clone()).await?,
         cx.token(PRODUCTION, WHO, spec.clone()).await?,
-        cx.token(PRODUCTION, WHO, spec).await?,
     ];
+    // Tokens for "gone" must be minted while the Pod exists; spares for when
+    // the API server's Pod cache has not seen the deletion yet (below).
+    let mut deleted: [String; GONE_TRIES] = Default::default();
+    for token in &mut deleted {
+        *token = cx.token(PRODUCTION, WHO, spec.clone()).await?;
+    }
     let mut rows = vec![cx.use_token("bound-token.live", WHO, &live, "the Pod exists").await?];
 
     // Deleting a finished Pod sets its deletionTimestamp to now (no grace
@@ -206,6 +212,33 @@ async fn bound_tokens(cx: &RunContext, pod: &Pod) -> Result<Vec<Row>, Error> {
     let uid = pod.uid().unwrap_or_default();
     let gone = format!("Pod {name} was not gone");
     kit::await_object(&pods, &name, conditions::is_deleted(&uid), cx.timeout, &gone).await?;
-    rows.push(cx.use_token("bound-token.deleted", WHO, &deleted, "the Pod object is gone").await?);
+    rows.push(gone_row(cx, &deleted).await?);
     Ok(rows)
+}
+
+/// How many never-used tokens the "gone" row may try.
+const GONE_TRIES: usize = 4;
+
+/// The "gone" row. The API server checks a token's Pod in its own watch
+/// cache first, which may see the deletion a moment after our watch did;
+/// a token it accepts then is cached as valid for 10 s, so a retry needs a
+/// token never used before. Each try waits twice as long as the last
+/// (0.25 s, 0.5 s, 1 s: nothing the API server exposes says its cache has
+/// caught up). The row is the last try's answer; the message says which try.
+async fn gone_row(cx: &RunContext, tokens: &[String; GONE_TRIES]) -> Result<Row, Error> {
+    let mut wait = Duration::from_millis(250);
+    let mut row = cx
+        .use_token("bound-token.deleted", WHO, &tokens[0], "the Pod object is gone")
+        .await?;
+    for (i, token) in tokens.iter().enumerate().skip(1) {
+        if row.status == Some(401) {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        let try_no = i + 1;
+        let context = format!("the Pod object is gone (try {try_no}: the API server's cache lagged)");
+        row = cx.use_token("bound-token.deleted", WHO, token, &context).await?;
+    }
+    Ok(row)
 }

@@ -21,7 +21,7 @@
 //!    audit row runs `sa-lab audit`'s rules on the cluster as it is then
 //!    (as the admin) and keeps the findings about the exercise's namespace.
 //! 6. Whatever it applied is removed: also when it fails, errs or is
-//!    interrupted (Ctrl-C).
+//!    interrupted (Ctrl-C or SIGTERM).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -202,9 +202,9 @@ pub enum CheckError {
     /// Talking to the cluster failed.
     #[error("on the cluster")]
     Cluster(#[from] chapters::Error),
-    /// Ctrl-C.
-    #[error("interrupted (Ctrl-C); what the check had applied was removed")]
-    Interrupted,
+    /// Ctrl-C or SIGTERM.
+    #[error("interrupted ({0}); what the check had applied was removed")]
+    Interrupted(crate::interrupt::Caught),
 }
 
 fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> CheckError {
@@ -262,16 +262,20 @@ pub async fn check(
         def: &def,
         objects: &objects,
     };
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| {
-        chapters::Error::Unexpected(format!("installing a Ctrl-C handler: {e}"))
+    let mut interrupt = crate::interrupt::Interrupt::install().map_err(|e| {
+        chapters::Error::Unexpected(format!("installing Ctrl-C and SIGTERM handlers: {e}"))
     })?;
     let outcome = tokio::select! {
         r = run.grade() => r,
-        _ = interrupt.recv() => Err(CheckError::Interrupted),
+        signal = interrupt.recv() => Err(CheckError::Interrupted(signal)),
     };
-    // Whatever happened, take away what was applied.
-    let cleaned = run.clean(false).await;
+    // Whatever happened, take away what was applied. Interrupted, twice: a
+    // create that was in flight when grading stopped may land during the
+    // first.
+    let mut cleaned = run.clean(false).await;
+    if matches!(outcome, Err(CheckError::Interrupted(_))) && cleaned.is_ok() {
+        cleaned = run.clean(false).await;
+    }
     let rows = outcome?;
     cleaned?;
     Ok(CheckResult::new(ex, &def, rows))

@@ -2,7 +2,7 @@
 //! exercise, shows the result and a progress bar, and checks again every
 //! time a file of the exercise is saved (inotify). Keys: `h` the next hint,
 //! `l` the list, `n` the next exercise, `s` the solution (once solved),
-//! `c` check again, `q` quit. Ctrl-C quits too.
+//! `c` check again, `q` quit. Ctrl-C (or SIGTERM) quits too.
 //!
 //! The terminal is put in non-canonical mode without echo (keys arrive
 //! one at a time) and restored on the way out. On something that is not a
@@ -183,7 +183,7 @@ fn footer(progress: &Progress) -> String {
     )
 }
 
-/// Run watch mode until `q` or Ctrl-C. `start` picks the first exercise
+/// Run watch mode until `q`, Ctrl-C or SIGTERM. `start` picks the first exercise
 /// (default: the next unsolved one).
 pub async fn run(
     dir: Option<&Path>,
@@ -198,8 +198,7 @@ pub async fn run(
     let mut keys = keys();
     let io = |e| Error::Workspace(WorkspaceError::Io(FileError::of("watching", &ws.root)(e)));
     let mut saves = Saves::new().map_err(io)?;
-    let mut interrupt =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(io)?;
+    let mut interrupt = crate::interrupt::Interrupt::install().map_err(io)?;
     let mut folder: PathBuf = ws.folder(current);
     saves.watch(&folder).map_err(io)?;
     let mut recheck = true;

@@ -58,7 +58,7 @@ pub async fn await_whole(info: &ClusterInfo, client: &kube::Client) -> Result<()
         (None, _) => {}
     };
     loop {
-        let st = read_status(&info.dir).unwrap_or_default();
+        let st = super::live_status(&info.name, &info.dir).await;
         if !supervisor_alive(st.supervisor_pid) {
             finish(step, false);
             return Err(Error::Stopped(info.name.clone()));
@@ -153,7 +153,7 @@ pub struct ComponentHealth {
 /// Probes every component of cluster `name`.
 pub async fn health(name: &str) -> Result<HealthReport, Error> {
     let info = load(name)?;
-    let st = read_status(&info.dir).unwrap_or_default();
+    let st = super::live_status(name, &info.dir).await;
     let alive = supervisor_alive(st.supervisor_pid);
     let client = if alive {
         info.client().await.ok()

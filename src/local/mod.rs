@@ -17,6 +17,7 @@
 
 mod components;
 mod health;
+mod procs;
 mod restart;
 mod supervisor;
 
@@ -99,9 +100,9 @@ pub enum Error {
     Kubelet(#[from] kubelet::Error),
     /// Ctrl-C (or SIGTERM) arrived while the cluster was starting.
     #[error(
-        "interrupted while starting cluster {0:?}; everything it had started was stopped and removed"
+        "interrupted ({1}) while starting cluster {0:?}; everything it had started was stopped and removed"
     )]
-    Interrupted(String),
+    Interrupted(String, crate::interrupt::Caught),
     /// The supervisor gave up on a component that kept crashing.
     #[error("{0}")]
     GaveUp(Box<GaveUp>),
@@ -121,8 +122,29 @@ pub enum Error {
     )]
     Stopped(String),
     /// State on disk could not be parsed.
-    #[error("cluster state {0} is unreadable; remove it with `sa-lab down --name NAME`")]
-    BadState(PathBuf, #[source] serde_json::Error),
+    #[error(
+        "cluster state {} is unreadable; stop and remove the cluster with \
+         `sa-lab down --name {name}`, then `sa-lab up --name {name}` starts afresh",
+        path.display()
+    )]
+    BadState {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The cluster runs, but its state directory (or its `cluster.json`)
+    /// is gone: certificates, kubeconfig and etcd data with it.
+    #[error(
+        "cluster {name:?} still runs (supervisor pid {pid}) but its state in {} is gone; \
+         stop it with `sa-lab down --name {name}`, then `sa-lab up --name {name}` starts afresh",
+        dir.display()
+    )]
+    StateGone {
+        name: String,
+        dir: PathBuf,
+        pid: u32,
+    },
 }
 
 /// A component its supervisor stopped restarting ([`Error::GaveUp`]).
@@ -232,9 +254,50 @@ impl ClusterInfo {
             self.kubelet_port,
         ]
     }
-    /// The admin's (`system:masters`) config and client.
+    /// The admin's (`system:masters`) config and client. An admin
+    /// kubeconfig that gives no client (truncated, overwritten) is written
+    /// again from the cluster's certificates, as `up` wrote it, and said so.
     pub async fn connect(&self) -> Result<crate::kubeconfig::Loaded, crate::kubeconfig::LoadError> {
-        crate::kubeconfig::connect(crate::kubeconfig::Source::File(&self.kubeconfig), None).await
+        let source = crate::kubeconfig::Source::File(&self.kubeconfig);
+        let err = match crate::kubeconfig::connect(source, None).await {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => e,
+        };
+        match self.rewrite_admin_kubeconfig() {
+            Ok(true) => {
+                ui::note(format!(
+                    "{} was unusable ({}); wrote it again from the cluster's certificates",
+                    self.kubeconfig.display(),
+                    ui::error_chain(&err)
+                ));
+                crate::kubeconfig::connect(source, None).await
+            }
+            // Already as `up` wrote it, or the certificates are gone too.
+            Ok(false) | Err(_) => Err(err),
+        }
+    }
+
+    /// Writes the admin kubeconfig again from `pki/` unless it already
+    /// holds exactly that; returns whether it wrote.
+    fn rewrite_admin_kubeconfig(&self) -> Result<bool, std::io::Error> {
+        let pki = self.pki_dir();
+        let pair = pki::Pair {
+            cert_pem: fs::read_to_string(pki.join("admin.crt"))?,
+            key_pem: fs::read_to_string(pki.join("admin.key"))?,
+            cert: pki.join("admin.crt"),
+            key: pki.join("admin.key"),
+        };
+        let ca = fs::read_to_string(pki.join("ca.crt"))?;
+        let cluster = format!("sa-lab-{}", self.name);
+        let want = kubeconfig::render(&cluster, &self.server, &ca, "kubernetes-admin", &pair);
+        if fs::read(&self.kubeconfig).is_ok_and(|have| have == want.as_bytes()) {
+            return Ok(false);
+        }
+        pki::write_private(&self.kubeconfig, want.as_bytes()).map_err(|e| match e {
+            pki::Error::Write(_, io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        Ok(true)
     }
 
     /// A client with the admin identity (`system:masters`).
@@ -339,13 +402,68 @@ fn not_found(name: &str) -> Error {
 /// Reads a cluster's facts, whether or not it is running.
 pub fn load(name: &str) -> Result<ClusterInfo, Error> {
     validate_name(name)?;
-    let path = paths::cluster_dir(name).join("cluster.json");
+    let dir = paths::cluster_dir(name);
+    let path = dir.join("cluster.json");
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(name)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Deleted under a running cluster: say so, not "no cluster".
+            return Err(match orphan_supervisor(name) {
+                Some(pid) => Error::StateGone {
+                    name: name.to_string(),
+                    dir,
+                    pid,
+                },
+                None => not_found(name),
+            });
+        }
         Err(e) => return Err(Error::Io(format!("reading {}", path.display()), e)),
     };
-    serde_json::from_str(&text).map_err(|e| Error::BadState(path, e))
+    serde_json::from_str(&text).map_err(|source| Error::BadState {
+        name: name.to_string(),
+        path,
+        source,
+    })
+}
+
+/// A live supervisor of cluster `name`, found by its process (for when
+/// its state files are gone or unreadable).
+fn orphan_supervisor(name: &str) -> Option<u32> {
+    procs::supervisors_of(name, &paths::home())
+        .first()
+        .map(|p| p.pid)
+}
+
+/// How long a command waits for a running supervisor to rewrite an
+/// unreadable `status.json` (it rewrites it at least every 5 s).
+const STATUS_REWRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// The status of cluster `name`'s supervisor. When `status.json` is
+/// missing or unreadable (truncated, overwritten) while the supervisor
+/// runs, waits for the supervisor to write it again; if it does not, a
+/// status naming the supervisor, with no components, says what is known.
+pub(crate) async fn live_status(name: &str, dir: &Path) -> Status {
+    if let Some(st) = read_status(dir) {
+        return st;
+    }
+    let Some(pid) = orphan_supervisor(name) else {
+        return Status::default();
+    };
+    let deadline = Instant::now() + STATUS_REWRITE_WAIT;
+    while Instant::now() < deadline && supervisor_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(st) = read_status(dir) {
+            return st;
+        }
+    }
+    Status {
+        supervisor_pid: pid,
+        phase: format!(
+            "unknown: {} is unreadable",
+            dir.join("status.json").display()
+        ),
+        ..Status::default()
+    }
 }
 
 /// Reads the supervisor's status file, if any.
@@ -393,10 +511,13 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// The running supervisor's pid, if the cluster is up (or coming up).
+/// The running supervisor's pid, if the cluster is up (or coming up):
+/// by its status file, else (the file gone or unreadable) by its process.
 pub fn running_pid(name: &str) -> Option<u32> {
-    let st = read_status(&paths::cluster_dir(name))?;
-    supervisor_alive(st.supervisor_pid).then_some(st.supervisor_pid)
+    match read_status(&paths::cluster_dir(name)) {
+        Some(st) if supervisor_alive(st.supervisor_pid) => Some(st.supervisor_pid),
+        _ => orphan_supervisor(name),
+    }
 }
 
 pub(crate) fn free_port() -> Result<u16, Error> {
@@ -468,47 +589,76 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         attempt += 1;
         let result = prepare_and_start(name, &dir, opts, bin_dir.clone(), prepared.as_ref()).await;
         if result.is_err() {
-            // Leave nothing half-made: stop whatever started, remove the state.
-            let _ = stop_dir(name, &dir);
+            // Leave nothing half-made: stop whatever started, remove the
+            // state. (Not the port check: a port lost to another program
+            // stays that program's.)
+            let _ = stop_dir(name, &dir, false);
             let _ = fs::remove_dir_all(&dir);
         }
         // Free ports are found by binding and releasing them, so another
         // program (or another cluster starting at the same moment) can take
         // one before our component binds it. Retry with fresh ports, unless
         // the user chose the port.
-        let lost_port_race = matches!(&result, Err(Error::ComponentFailed { tail, .. })
-            if tail.contains("address already in use"));
-        if lost_port_race && opts.api_port.is_none() && attempt < 3 {
-            ui::note(format!(
-                "a port was taken while starting; retrying with new ports (attempt {})",
-                attempt + 1
-            ));
-            continue;
+        let lost = match &result {
+            Err(Error::ComponentFailed {
+                component, tail, ..
+            }) => lost_port(tail).map(|port| (component.clone(), port)),
+            _ => None,
+        };
+        match lost {
+            Some((_, Some(port))) if opts.api_port == Some(port) => {
+                return Err(Error::PortInUse { port });
+            }
+            Some((_, None)) if opts.api_port.is_some() => return result,
+            Some((component, port)) if attempt < 3 => {
+                let port = port.map(|p| format!("port {p}")).unwrap_or("a port".into());
+                ui::note(format!(
+                    "{port}, chosen for {component}, was taken by another program \
+                     before {component} bound it; retrying with new ports (attempt {})",
+                    attempt + 1
+                ));
+                continue;
+            }
+            _ => return result,
         }
-        return result;
     }
+}
+
+/// Whether a component's log says it could not bind a port another
+/// program had taken, and which port when the log names it: Go's `listen
+/// tcp 127.0.0.1:PORT: bind: address already in use`, or the sandbox
+/// node's `listening on 127.0.0.1:PORT: Address already in use`.
+fn lost_port(log_tail: &str) -> Option<Option<u16>> {
+    let line = log_tail
+        .lines()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().contains("address already in use"))?;
+    let port = line.split_whitespace().find_map(|word| {
+        let addr = word.trim_matches(|c: char| c == ':' || c == ',' || c == '"');
+        let (host, port) = addr.rsplit_once(':')?;
+        host.parse::<std::net::IpAddr>().ok()?;
+        port.parse::<u16>().ok()
+    });
+    Some(port)
 }
 
 /// Like [`up`], but a Ctrl-C (SIGINT) or SIGTERM while starting stops and
 /// removes the half-made cluster instead of leaving it running.
 pub async fn up_interruptible(opts: &UpOptions) -> Result<ClusterInfo, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing a Ctrl-C handler"))?;
-    let mut term =
-        signal(SignalKind::terminate()).map_err(io_err("installing a SIGTERM handler"))?;
+    let mut interrupt = crate::interrupt::Interrupt::install()
+        .map_err(io_err("installing Ctrl-C and SIGTERM handlers"))?;
     let name = if opts.name.is_empty() {
         DEFAULT_NAME.to_string()
     } else {
         opts.name.clone()
     };
-    tokio::select! {
+    let signal = tokio::select! {
         r = up(opts) => return r,
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+        signal = interrupt.recv() => signal,
+    };
     let n = name.clone();
     let _ = tokio::task::spawn_blocking(move || down(&n)).await;
-    Err(Error::Interrupted(name))
+    Err(Error::Interrupted(name, signal))
 }
 
 async fn prepare_and_start(
@@ -743,34 +893,84 @@ pub fn down(name: &str) -> Result<(), Error> {
     validate_name(name)?;
     let dir = paths::cluster_dir(name);
     if !dir.join("cluster.json").is_file() {
-        if dir.exists() {
-            // A half-made directory from an interrupted `up`.
-            let _ = stop_dir(name, &dir);
-            fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+        // A half-made directory from an interrupted `up`, or a running
+        // cluster whose state was deleted: stop what runs, remove the rest.
+        if dir.exists() || orphan_supervisor(name).is_some() {
+            stop_dir(name, &dir, true)?;
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+            }
             return Ok(());
         }
         return Err(not_found(name));
     }
-    stop_dir(name, &dir)?;
+    stop_dir(name, &dir, true)?;
     fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))
 }
 
-fn stop_dir(name: &str, dir: &Path) -> Result<(), Error> {
+/// Stops cluster `name`'s supervisors: the one its status file names and
+/// any found by process (the file gone or unreadable). Each stops its
+/// components; then every process it had started must be gone (killed if
+/// need be), which also frees the ports of a cluster whose `cluster.json`
+/// is lost.
+fn stop_supervisors(name: &str, status: Option<&Status>) -> Result<(), Error> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut supervisors = procs::supervisors_of(name, &paths::home());
+    if let Some(p) = status
+        .map(|st| st.supervisor_pid)
+        .filter(|p| supervisor_alive(*p))
+        .and_then(procs::Proc::of)
+    {
+        if !supervisors.contains(&p) {
+            supervisors.push(p);
+        }
+    }
+    let mut started: Vec<procs::Proc> = Vec::new();
+    for sup in &supervisors {
+        started.extend(procs::descendants(sup.pid));
+        let pid = Pid::from_raw(sup.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while sup.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if sup.alive() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    // Each dies with its supervisor (parent-death signal) or was stopped by
+    // it; a Pod's processes are the node's to stop. Make sure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<procs::Proc> = started.iter().copied().filter(|p| p.alive()).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::StopFailed {
+                name: name.to_string(),
+                what: format!(
+                    "processes still running: {:?}",
+                    left.iter().map(|p| p.pid).collect::<Vec<_>>()
+                ),
+            });
+        }
+        for p in &left {
+            let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops what runs of cluster `name` (state in `dir`) and, with
+/// `check_ports`, waits until its ports are free.
+fn stop_dir(name: &str, dir: &Path, check_ports: bool) -> Result<(), Error> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let status = read_status(dir);
+    stop_supervisors(name, status.as_ref())?;
     if let Some(st) = &status {
-        let pid = st.supervisor_pid;
-        if supervisor_alive(pid) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while supervisor_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if supervisor_alive(pid) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-        }
         // Belt and braces: every component also dies with its supervisor
         // (parent-death signal), but make sure.
         for c in &st.components {
@@ -801,6 +1001,9 @@ fn stop_dir(name: &str, dir: &Path) -> Result<(), Error> {
             k.proxy_healthz_port,
             k.proxy_metrics_port,
         ];
+    }
+    if !check_ports {
+        return Ok(());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -840,5 +1043,25 @@ fn kubelet_cleanup(name: &str) -> Result<(), Error> {
             name: name.to_string(),
             what: failed.join("; "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_port;
+
+    #[test]
+    fn the_port_a_component_lost_is_read_from_its_log() {
+        let go = "I1201 started\nE1201 run.go:72] \"command failed\" err=\"failed to create \
+                  listener: failed to listen on 127.0.0.1:41234: listen tcp 127.0.0.1:41234: \
+                  bind: address already in use\"";
+        assert_eq!(lost_port(go), Some(Some(41234)));
+        let node = "INFO registering\nerror: listening on 127.0.0.1:39001: Address already \
+                    in use (os error 98)";
+        assert_eq!(lost_port(node), Some(Some(39001)));
+        let kubelet_node = "listen tcp 10.88.0.1:6443: bind: address already in use";
+        assert_eq!(lost_port(kubelet_node), Some(Some(6443)));
+        assert_eq!(lost_port("error: connection refused to 127.0.0.1:80"), None);
+        assert_eq!(lost_port("bind: address already in use"), Some(None));
     }
 }

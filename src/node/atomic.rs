@@ -71,16 +71,11 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
     );
     let ts_dir = dir.join(&ts);
     fs::create_dir(&ts_dir)?;
-    fs::set_permissions(&ts_dir, fs::Permissions::from_mode(0o755))?;
-    for (p, f) in payload {
-        let path = ts_dir.join(p);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        let mut file = fs::File::create(&path)?;
-        file.write_all(&f.data)?;
-        file.sync_all()?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))?;
+    if let Err(e) = write_files(&ts_dir, payload) {
+        // As the kubelet's AtomicWriter: a half-written payload (a full
+        // disk) is removed, not left beside `..data` at each retry.
+        let _ = fs::remove_dir_all(&ts_dir);
+        return Err(e);
     }
 
     let tmp = dir.join(DATA_TMP);
@@ -109,6 +104,22 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Writes every file of `payload` under `ts_dir`.
+fn write_files(ts_dir: &Path, payload: &Payload) -> io::Result<()> {
+    fs::set_permissions(ts_dir, fs::Permissions::from_mode(0o755))?;
+    for (p, f) in payload {
+        let path = ts_dir.join(p);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut file = fs::File::create(&path)?;
+        file.write_all(&f.data)?;
+        file.sync_all()?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))?;
+    }
+    Ok(())
 }
 
 fn top_level(p: &str) -> String {

@@ -243,16 +243,23 @@ async fn authorize(
     ))
 }
 
-/// Serves until the node stops.
-pub async fn serve(ctx: Arc<Ctx>) -> Result<(), Error> {
+/// Binds the node's port, before the node registers: a port another
+/// program took (between `sa-lab up` choosing it and the node starting) is
+/// an error the node exits with, naming the port, so `up` can retry with
+/// new ports instead of a Node whose logs nobody can read.
+pub async fn listen(port: u16) -> Result<TcpListener, Error> {
+    TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|source| Error::Listen { port, source })
+}
+
+/// Serves on `listener` (from [`listen`]) until the node stops.
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) -> Result<(), Error> {
     let o = &ctx.opts;
     let cfg = tls_config(&o.serving_cert, &o.serving_key, &o.client_ca)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let port = ctx.opts.kubelet_port;
     let listen = |source| Error::Listen { port, source };
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(listen)?;
     tracing::info!(port, "serving container logs");
     loop {
         let (tcp, _) = listener.accept().await.map_err(listen)?;

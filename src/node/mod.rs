@@ -91,6 +91,9 @@ pub enum Error {
     /// Another node agent still holds the work dir's lock after [`LOCK_WAIT`].
     #[error("another node agent holds {}", .0.display())]
     Locked(PathBuf),
+    /// The node's port (container logs) could not be bound.
+    #[error(transparent)]
+    Listen(#[from] logs::Error),
 }
 
 /// An error and its sources on one line, joined by ": ", the way the kubelet
@@ -188,6 +191,10 @@ pub async fn run(opts: NodeOptions) -> Result<(), Error> {
         }
     })?;
     let _lock = lock_work_dir(&wd).await?;
+    let listener = match opts.kubelet_port {
+        0 => None,
+        port => Some(logs::listen(port).await?),
+    };
     if opts.lab_image != crate::LAB_IMAGE {
         tracing::warn!(configured = %opts.lab_image, built = %crate::LAB_IMAGE, "lab image differs from the built one");
     }
@@ -258,10 +265,10 @@ pub async fn run(opts: NodeOptions) -> Result<(), Error> {
         node_uid,
         ready_since,
     ));
-    let log_server = (opts.kubelet_port != 0).then(|| {
+    let log_server = listener.map(|listener| {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = logs::serve(ctx).await {
+            if let Err(e) = logs::serve(ctx, listener).await {
                 tracing::error!(error = %error_text(&e), "the container log server stopped");
             }
         })

@@ -22,10 +22,16 @@ pub enum Error {
     Empty(&'static str),
 }
 
+/// A token and when this node received it. Its age is counted on the
+/// node's clock from that moment, not from the API server's timestamps: a
+/// node clock ahead of or behind the API server's (or one that jumped
+/// forward) then neither refreshes a token at every look nor keeps one past
+/// its time.
 #[derive(Clone, Debug)]
 struct CachedToken {
     token: String,
-    expires: jiff::Timestamp,
+    /// When the node received it (the node's clock).
+    received: jiff::Timestamp,
     ttl_secs: i64,
 }
 
@@ -33,14 +39,18 @@ impl CachedToken {
     /// When the kubelet's rule says to refresh: at 80 % of the TTL, or 24 h
     /// after issue, whichever comes first.
     fn refresh_at(&self) -> jiff::Timestamp {
-        let exp = self.expires.as_second();
-        let iat = exp - self.ttl_secs;
-        let at = (iat + 24 * 3600).min(exp - self.ttl_secs * 20 / 100);
-        jiff::Timestamp::from_second(at).unwrap_or(self.expires)
+        let iat = self.received.as_second();
+        let at = (iat + 24 * 3600).min(iat + self.ttl_secs - self.ttl_secs * 20 / 100);
+        jiff::Timestamp::from_second(at).unwrap_or(self.received)
     }
 
     fn needs_refresh(&self, now: jiff::Timestamp) -> bool {
         now.as_second() > self.refresh_at().as_second()
+    }
+
+    /// Not expired yet (by the node's clock).
+    fn valid(&self, now: jiff::Timestamp) -> bool {
+        now.as_second() < self.received.as_second() + self.ttl_secs
     }
 }
 
@@ -55,6 +65,12 @@ impl TokenCache {
     pub fn next_refresh(&self) -> Option<jiff::Timestamp> {
         let tokens = self.tokens.lock().expect("token cache");
         tokens.values().map(CachedToken::refresh_at).min()
+    }
+
+    /// Whether a cached token is due for a refresh at `now`.
+    pub fn due(&self, now: jiff::Timestamp) -> bool {
+        let tokens = self.tokens.lock().expect("token cache");
+        tokens.values().any(|t| t.needs_refresh(now))
     }
 }
 
@@ -89,22 +105,20 @@ pub async fn token(
         Ok(tr) => {
             let status = tr.status.ok_or(Error::Empty("status"))?;
             let token = status.token.ok_or(Error::Empty("token"))?;
+            // The TTL the API server granted (it may shorten the request).
             let ttl = tr.spec.and_then(|s| s.expiration_seconds).unwrap_or(3600);
-            let expires = status.expiration_timestamp.map(|t| t.0).unwrap_or_else(|| {
-                jiff::Timestamp::from_second(now.as_second() + ttl).unwrap_or(now)
-            });
             cache.tokens.lock().expect("token cache").insert(
                 key,
                 CachedToken {
                     token: token.clone(),
-                    expires,
+                    received: jiff::Timestamp::now(),
                     ttl_secs: ttl,
                 },
             );
             Ok(token)
         }
         Err(e) => match cached {
-            Some(c) if c.expires > now => {
+            Some(c) if c.valid(now) => {
                 tracing::warn!(pod = ?pod.metadata.name, error = %crate::node::error_text(&e), "token refresh failed; keeping the current token");
                 Ok(c.token)
             }
@@ -141,40 +155,70 @@ fn request(pod: &Pod, tp: &ServiceAccountTokenProjection) -> TokenRequest {
 mod tests {
     use super::*;
 
+    /// A token received `age` seconds before `now`, with `ttl` seconds.
+    fn received(now: jiff::Timestamp, age: i64, ttl: i64) -> CachedToken {
+        CachedToken {
+            token: String::new(),
+            received: jiff::Timestamp::from_second(now.as_second() - age).unwrap(),
+            ttl_secs: ttl,
+        }
+    }
+
     #[test]
     fn refresh_at_80_percent() {
         let now = jiff::Timestamp::now();
-        let t = |secs_left: i64, ttl: i64| CachedToken {
-            token: String::new(),
-            expires: jiff::Timestamp::from_second(now.as_second() + secs_left).unwrap(),
-            ttl_secs: ttl,
-        };
-        assert!(!t(3600, 3607).needs_refresh(now));
-        assert!(!t(800, 3600).needs_refresh(now));
-        assert!(t(700, 3600).needs_refresh(now));
-        assert!(t(100, 600).needs_refresh(now));
-        assert!(!t(500, 600).needs_refresh(now));
+        let t = |age, ttl| received(now, age, ttl);
+        assert!(!t(7, 3607).needs_refresh(now));
+        assert!(!t(2800, 3600).needs_refresh(now));
+        assert!(t(2900, 3600).needs_refresh(now));
+        assert!(t(500, 600).needs_refresh(now));
+        assert!(!t(100, 600).needs_refresh(now));
         // Tokens older than 24 h are refreshed whatever their TTL.
-        assert!(t(365 * 86400 - 25 * 3600, 365 * 86400).needs_refresh(now));
+        assert!(t(25 * 3600, 365 * 86400).needs_refresh(now));
+        assert!(!t(23 * 3600, 365 * 86400).needs_refresh(now));
+    }
+
+    #[test]
+    fn a_jump_forward_makes_a_token_due_and_a_fresh_one_is_not() {
+        let now = jiff::Timestamp::now();
+        let cache = TokenCache::default();
+        cache
+            .tokens
+            .lock()
+            .unwrap()
+            .insert("v/token".into(), received(now, 60, 3607));
+        assert!(!cache.due(now));
+        // The node's clock jumps two hours forward: due, and expired by
+        // the node's clock.
+        let later = jiff::Timestamp::from_second(now.as_second() + 7200).unwrap();
+        assert!(cache.due(later));
+        assert!(!received(now, 60, 3607).valid(later));
+        // The token fetched then is counted from when it arrived, whatever
+        // the API server's clock says: not due again at once.
+        let fresh = CachedToken {
+            received: later,
+            ..received(now, 0, 3607)
+        };
+        assert!(!fresh.needs_refresh(later) && fresh.valid(later));
     }
 
     #[test]
     fn next_refresh_is_the_earliest() {
         let cache = TokenCache::default();
         assert_eq!(cache.next_refresh(), None);
-        let now = jiff::Timestamp::now().as_second();
-        for (key, secs_left, ttl) in [("a/token", 3600, 3600), ("b/token", 600, 600)] {
-            cache.tokens.lock().unwrap().insert(
-                key.into(),
-                CachedToken {
-                    token: String::new(),
-                    expires: jiff::Timestamp::from_second(now + secs_left).unwrap(),
-                    ttl_secs: ttl,
-                },
-            );
+        let now = jiff::Timestamp::now();
+        for (key, ttl) in [("a/token", 3600), ("b/token", 600)] {
+            cache
+                .tokens
+                .lock()
+                .unwrap()
+                .insert(key.into(), received(now, 0, ttl));
         }
-        // b: issued now, 600 s TTL -> due 480 s from now.
-        assert_eq!(cache.next_refresh().unwrap().as_second(), now + 480);
+        // b: received now, 600 s TTL -> due 480 s from now.
+        assert_eq!(
+            cache.next_refresh().unwrap().as_second(),
+            now.as_second() + 480
+        );
     }
 
     #[test]

@@ -66,9 +66,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Writing the volume's files failed.
-    #[error("writing the volume")]
-    Write(#[source] std::io::Error),
+    /// Writing the volume's files failed (a full disk names itself in the
+    /// source: "No space left on device").
+    #[error("writing the volume to {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A volume type the sandbox node does not implement.
     #[error("this volume type is not supported by the sa-lab sandbox node")]
     UnsupportedVolume,
@@ -175,7 +180,10 @@ async fn setup_one(vctx: &VolumeCtx<'_>, v: &Volume, dir: &Path) -> Result<(), E
     } else {
         return Err(Error::UnsupportedVolume);
     };
-    atomic::write(dir, &payload).map_err(Error::Write)?;
+    atomic::write(dir, &payload).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 

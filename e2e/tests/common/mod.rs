@@ -260,3 +260,171 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// A socket as `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listening {
+    pub proto: &'static str,
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    pub inode: u64,
+}
+
+/// The listening sockets of one of those tables: TCP in state LISTEN
+/// (`0A`), UDP unconnected (`07`, which is how a bound UDP socket waits for
+/// datagrams), bound to a port.
+pub fn listening_in(proto: &'static str, table: &str) -> Vec<Listening> {
+    let listen_state = if proto.starts_with("tcp") { "0A" } else { "07" };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != listen_state {
+                return None;
+            }
+            let (hex, port) = f[1].split_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            // The address is the kernel's bytes printed as 32-bit words in
+            // host (little-endian) order.
+            let bytes: Vec<u8> = (0..hex.len() / 8)
+                .flat_map(|i| {
+                    u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16)
+                        .unwrap()
+                        .to_le_bytes()
+                })
+                .collect();
+            let addr = match bytes.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+                16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+                _ => return None,
+            };
+            let inode = f[9].parse().ok()?;
+            (port != 0).then_some(Listening {
+                proto,
+                addr,
+                port,
+                inode,
+            })
+        })
+        .collect()
+}
+
+pub fn loopback(addr: &std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V4(a) => a.is_loopback(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The socket inodes among `pid`'s open files.
+pub fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The processes listening on TCP `port` (in this network namespace), as
+/// (pid, command line).
+pub fn listeners_of(port: u16) -> Vec<(u32, String)> {
+    let inodes: Vec<u64> = ["tcp", "tcp6"]
+        .iter()
+        .flat_map(|proto| {
+            let table = std::fs::read_to_string(format!("/proc/net/{proto}")).unwrap_or_default();
+            listening_in(proto, &table)
+        })
+        .filter(|l| l.port == port)
+        .map(|l| l.inode)
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            socket_inodes(pid)
+                .iter()
+                .any(|i| inodes.contains(i))
+                .then(|| {
+                    let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                    (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
+                })
+        })
+        .collect()
+}
+
+/// Component `name` as the cluster's supervisor last recorded it.
+pub fn component(info: &ClusterInfo, name: &str) -> local::ComponentStatus {
+    let st = local::read_status(&info.dir).expect("status.json");
+    st.components
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no component {name} in status.json"))
+}
+
+/// The live processes of a cluster: its supervisor and whatever names its
+/// directory (components, the node, Pods' `pod-exec`).
+pub fn processes_of(info: &ClusterInfo) -> Vec<(u32, String)> {
+    let mut found = processes_mentioning(&info.dir.display().to_string());
+    found.extend(processes_mentioning(&format!(
+        "supervise --name {} ",
+        info.name
+    )));
+    found
+}
+
+/// Mount points at or under `dir` (in this process's mount namespace).
+pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| std::path::Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Nothing of the cluster is left: no process, no listening port, no mount,
+/// no state directory.
+pub fn assert_gone(info: &ClusterInfo) {
+    let pids = processes_of(info);
+    assert!(pids.is_empty(), "processes of {} left: {pids:?}", info.name);
+    for port in info.ports() {
+        assert!(!local::port_listening(port), "port {port} still listening");
+    }
+    let mounts = mounts_under(&info.dir);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!info.dir.exists(), "{} still exists", info.dir.display());
+}
+
+/// Stops a cluster started by command, also when the test panics.
+pub struct Down(pub String);
+
+impl Down {
+    /// The test stopped the cluster itself (and checks that it did).
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if let Err(e) = local::down(&self.0) {
+            eprintln!("sa-lab down {} failed: {e}", self.0);
+            if !std::thread::panicking() {
+                panic!("sa-lab down {} failed: {e}", self.0);
+            }
+        }
+    }
+}

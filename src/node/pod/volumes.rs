@@ -19,6 +19,14 @@ use crate::node::volumes::{self, MountError, VolumeCtx};
 /// How long to wait before setting the volumes up again after that failed.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
+/// The longest the re-sync sleeps without looking at the wall clock. A
+/// token's refresh time is a wall-clock time, but a sleep counts monotonic
+/// time, which stands still while a laptop is suspended and does not see a
+/// clock set forward (NTP stepping it, a user): a jump past a refresh time
+/// is noticed within this long. (The kubelet looks at each Pod once a
+/// minute, its sync period.) Looking costs nothing but the clock read.
+const CLOCK_CHECK: Duration = Duration::from_secs(10);
+
 /// How long until the next token refresh is due (a second past the kubelet's
 /// 80 % mark, which is counted in whole seconds); a day when no token is
 /// cached; after a failure, at least [`RETRY_AFTER_FAILURE`].
@@ -163,7 +171,13 @@ impl Worker {
             loop {
                 let due = refresh_wait(tokens.next_refresh(), failed);
                 tokio::select! {
-                    _ = tokio::time::sleep(due) => {}
+                    _ = tokio::time::sleep(due.min(CLOCK_CHECK)) => {
+                        // Woken to look at the clock: work only when a
+                        // token is due (or the last try failed).
+                        if !failed && !tokens.due(jiff::Timestamp::now()) {
+                            continue;
+                        }
+                    }
                     Some(()) = changes.next() => {}
                     r = rx.changed() => {
                         let Ok(()) = r else { break };

@@ -189,26 +189,23 @@ impl Supervisor {
             return Ok(());
         }
         self.client = Some(client.clone());
+        // The API server's client for the node (`kubectl logs`) gets the
+        // role kubeadm gives it; either node asks the API server whether a
+        // caller may (SubjectAccessReview), as a kubelet does.
+        crate::kubelet::bind_kubelet_api_admin(&client)
+            .await
+            .map_err(|e| {
+                self.fail(
+                    "kube-apiserver",
+                    &format!("binding system:kubelet-api-admin: {e:#}"),
+                )
+            })?;
 
         if let Some(k) = self.info.kubelet.clone() {
-            if let Wait::Stop = self
-                .start_kubelet_node(&k, &client, &mut term, &mut int)
-                .await?
-            {
+            if let Wait::Stop = self.start_kubelet_node(&k, &mut term, &mut int).await? {
                 return Ok(());
             }
         } else {
-            // The API server's client for the node (`kubectl logs`) gets
-            // the role kubeadm gives it; the node asks the API server
-            // whether a caller may (SubjectAccessReview), as a kubelet does.
-            crate::kubelet::bind_kubelet_api_admin(&client)
-                .await
-                .map_err(|e| {
-                    self.fail(
-                        "kube-apiserver",
-                        &format!("binding system:kubelet-api-admin: {e:#}"),
-                    )
-                })?;
             self.phase("controllers");
             self.spawn(Component::ControllerManager)?;
             self.spawn(Component::Scheduler)?;
@@ -239,18 +236,9 @@ impl Supervisor {
     async fn start_kubelet_node(
         &mut self,
         k: &crate::kubelet::KubeletNode,
-        client: &kube::Client,
         term: &mut Signal,
         int: &mut Signal,
     ) -> Result<Wait, Error> {
-        crate::kubelet::bind_kubelet_api_admin(client)
-            .await
-            .map_err(|e| {
-                self.fail(
-                    "kube-apiserver",
-                    &format!("binding system:kubelet-api-admin: {e:#}"),
-                )
-            })?;
         self.phase("containerd");
         self.spawn(Component::Containerd)?;
         let info = self.info.clone();

@@ -182,12 +182,8 @@ impl Supervisor {
             return Ok(());
         }
         self.client = Some(client.clone());
-
         if let Some(k) = self.info.kubelet.clone() {
-            if let Wait::Stop = self
-                .start_kubelet_node(&k, &client, &mut term, &mut int)
-                .await?
-            {
+            if let Wait::Stop = self.start_kubelet_node(&k, &mut term, &mut int).await? {
                 return Ok(());
             }
         } else {
@@ -196,19 +192,19 @@ impl Supervisor {
             self.spawn(Component::ControllerManager)?;
             self.spawn(Component::Scheduler)?;
             self.spawn(Component::Node)?;
-            // Meanwhile, the API server's client for the node (`kubectl
-            // logs`) gets the role kubeadm gives it; the node asks the API
-            // server whether a caller may (SubjectAccessReview), as a
-            // kubelet does. It is in place before the cluster is ready.
-            crate::kubelet::bind_kubelet_api_admin(&client)
-                .await
-                .map_err(|e| {
-                    self.fail(
-                        "kube-apiserver",
-                        &format!("binding system:kubelet-api-admin: {e:#}"),
-                    )
-                })?;
         }
+        // While those start, the API server's client for the node (`kubectl
+        // logs`) gets the role kubeadm gives it, in place before the cluster
+        // is ready; either node asks the API server whether a caller may
+        // (SubjectAccessReview), as a kubelet does.
+        crate::kubelet::bind_kubelet_api_admin(&client)
+            .await
+            .map_err(|e| {
+                self.fail(
+                    "kube-apiserver",
+                    &format!("binding system:kubelet-api-admin: {e:#}"),
+                )
+            })?;
         self.phase("ready");
         let node = self.info.node_name.clone();
         if let Wait::Stop = self
@@ -236,18 +232,9 @@ impl Supervisor {
     async fn start_kubelet_node(
         &mut self,
         k: &crate::kubelet::KubeletNode,
-        client: &kube::Client,
         term: &mut Signal,
         int: &mut Signal,
     ) -> Result<Wait, Error> {
-        crate::kubelet::bind_kubelet_api_admin(client)
-            .await
-            .map_err(|e| {
-                self.fail(
-                    "kube-apiserver",
-                    &format!("binding system:kubelet-api-admin: {e:#}"),
-                )
-            })?;
         self.phase("containerd");
         self.spawn(Component::Containerd)?;
         let info = self.info.clone();

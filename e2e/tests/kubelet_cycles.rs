@@ -272,7 +272,8 @@ async fn host_lock() -> sa_lab::kubelet::NodeLock {
 }
 
 /// Up with a running Pod, then the supervisor is killed (SIGKILL: no
-/// clean-up of its own; containers and shims keep running), then `down`.
+/// clean-up of its own; containers and shims keep running), then `down`
+/// while the test holds the host lock (it fails and says why), then `down`.
 async fn crash_cycle() {
     let c = TestCluster::start_kubelet("kl-crash").await;
     let client = c.client().await;
@@ -289,6 +290,18 @@ async fn crash_cycle() {
         !sa_lab::local::supervisor_alive(st.supervisor_pid)
     })
     .await;
+    // While something else holds the host lock, `down` cannot undo the
+    // node's host changes: it says so and keeps the cluster's state (it
+    // once returned Ok and left everything behind).
+    let lock = host_lock().await;
+    let name = c.info.name.clone();
+    let held = tokio::task::spawn_blocking(move || sa_lab::local::down(&name))
+        .await
+        .unwrap();
+    let err = held.expect_err("down with the host lock held elsewhere");
+    assert!(err.to_string().contains("not undone"), "{err}");
+    assert!(c.info.dir.join("cluster.json").is_file());
+    drop(lock);
     // The container outlives it, until `down` (the fixture's drop).
     drop(c);
 }

@@ -1031,10 +1031,40 @@ fn kubelet_cleanup(name: &str) -> Result<(), Error> {
     if kubelet::host::read_record().is_none_or(|r| r.cluster != name) {
         return Ok(());
     }
-    // Held by a live supervisor: that one cleans up itself.
-    let Ok(_lock) = kubelet::NodeLock::acquire(false) else {
-        return Ok(());
+    // Every supervisor of this cluster is gone, so the host lock is free or
+    // about to be (a process that held it is still exiting, or a test reads
+    // the host). Wait for it, bounded: giving up silently left a crashed
+    // node's containers, mounts and rules behind.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _lock = loop {
+        match kubelet::NodeLock::acquire(false) {
+            Ok(lock) => break lock,
+            Err(kubelet::Error::Busy { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                let why = match e {
+                    kubelet::Error::Busy { holder } => format!(
+                        "the kubelet node's host lock ({}) is still held after 30 s \
+                         (the host record names {holder:?})",
+                        kubelet::LOCK_FILE
+                    ),
+                    e => e.to_string(),
+                };
+                return Err(Error::StopFailed {
+                    name: name.to_string(),
+                    what: format!(
+                        "its changes to this host were not undone: {why}; run \
+                         `sa-lab down --name {name}` again once nothing else holds it"
+                    ),
+                });
+            }
+        }
     };
+    // Whoever held the lock may have cleaned up already.
+    if kubelet::host::read_record().is_none_or(|r| r.cluster != name) {
+        return Ok(());
+    }
     let failed = kubelet::teardown_for(name);
     if failed.is_empty() {
         Ok(())

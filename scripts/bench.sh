@@ -43,11 +43,11 @@ cleanup() {
 }
 
 # The wall time of "$@" in seconds (2 decimals); fails, saying so, if the
-# command does.
+# command does. Its stdout goes to file $REPORT if set.
 elapsed() {
   local start end
   start="$(date +%s.%N)"
-  if ! "$@" >/dev/null 2>&1; then
+  if ! "$@" >"${REPORT:-/dev/null}" 2>/dev/null; then
     echo "bench: failed: $*" >&2
     return 1
   fi
@@ -67,6 +67,28 @@ bench_check() {
   target/debug/sa-lab down --name "${name}" >/dev/null 2>&1
   printf 'sa-lab check 03-pods-only (passing) on a running local cluster, %d runs: median %s s (runs: %s)\n' \
     "${runs}" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
+}
+
+# tour_steps REPORT...: where the tour's seconds go, from `sa-lab tour -o
+# json` reports: bring-up, each chapter by kind of step, tear-down (medians).
+tour_steps() {
+  python3 - "$@" <<'PY'
+import json, statistics, sys
+
+reports = [json.load(open(f)) for f in sys.argv[1:]]
+med = lambda xs: statistics.median(xs)
+print(f"where the tour's seconds go (median of {len(reports)} runs with the audit log):")
+print(f"  {'bring-up':<20} {med([r['up_seconds'] for r in reports]):5.2f} s")
+for i, chapter in enumerate(reports[0]["chapters"]):
+    runs = [r["chapters"][i] for r in reports]
+    kinds = sorted({k for c in runs for k in c["steps"]})
+    steps = {k: med([c["steps"].get(k, 0.0) for c in runs]) for k in kinds}
+    total = med([c["seconds"] for c in runs])
+    steps["rest of the scenario"] = max(0.0, total - sum(steps.values()))
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    print(f"  {chapter['chapter']:<20} {total:5.2f} s: {parts}")
+print(f"  {'tear-down':<20} {med([r['down_seconds'] for r in reports]):5.2f} s")
+PY
 }
 
 median() {
@@ -153,9 +175,10 @@ main() {
     "${up_runs}" "${pod_runs}" "${delete_runs}" "${lease_renewals}"
 
   # With and without the audit log, interleaved so both see the same machine.
-  local times=() plain=() i
+  local times=() plain=() reports=() i
   for ((i = 0; i < tour_runs; i++)); do
-    times+=("$(elapsed target/debug/sa-lab tour)")
+    reports+=("${SA_LAB_HOME}/tour-${i}.json")
+    times+=("$(REPORT="${reports[i]}" elapsed target/debug/sa-lab tour -o json)")
     plain+=("$(elapsed target/debug/sa-lab tour --no-audit-log)")
   done
   printf 'sa-lab tour wall time, %d runs: median %s s (runs: %s)\n' \
@@ -163,6 +186,7 @@ main() {
   printf 'sa-lab tour --no-audit-log, %d runs: median %s s (runs: %s); audit log cost: %s\n' \
     "${tour_runs}" "$(printf '%s\n' "${plain[@]}" | median)" "${plain[*]}" \
     "$(ratio "$(printf '%s\n' "${times[@]}" | median)" "$(printf '%s\n' "${plain[@]}" | median)")"
+  tour_steps "${reports[@]}"
 
   cargo bench --profile dev --locked --quiet -p sa-lab-e2e --bench audit -- 200 "${audit_runs}"
   bench_check "${check_runs}"

@@ -1,6 +1,7 @@
 //! Running chapters for a learner: one chapter on a cluster the provider
 //! module reached, or the whole tour on a fresh local cluster.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -55,6 +56,7 @@ pub fn context(conn: &Connection, timeout: Duration) -> RunContext {
         image: conn.image.clone(),
         timeout,
         audit_log: conn.audit_log.clone(),
+        timings: Default::default(),
     }
 }
 
@@ -174,6 +176,11 @@ pub struct TourEntry {
     /// Set when the chapter could not run at all.
     pub error: Option<String>,
     pub result: Option<ChapterResult>,
+    /// Wall time of the chapter.
+    pub seconds: f64,
+    /// Where that time went, by kind of step (the rest is the scenario's
+    /// own checks and waits).
+    pub steps: BTreeMap<&'static str, f64>,
 }
 
 /// The whole tour.
@@ -184,6 +191,9 @@ pub struct TourReport {
     pub passed: bool,
     /// Wall time, including bring-up and tear-down.
     pub seconds: f64,
+    /// Bring-up to ready, and tear-down.
+    pub up_seconds: f64,
+    pub down_seconds: f64,
 }
 
 /// Every chapter in order on a fresh local cluster, torn down afterwards,
@@ -205,6 +215,7 @@ pub async fn tour(
         ..Default::default()
     })
     .await?;
+    let up_seconds = start.elapsed().as_secs_f64();
     let body = async {
         let admin = info.connect().await?;
         let cx = RunContext {
@@ -215,10 +226,14 @@ pub async fn tour(
             audit_log: info
                 .audit_log
                 .then(|| crate::audit::AuditLog::of_cluster(&info.dir)),
+            timings: Default::default(),
         };
         let mut entries = Vec::new();
         for chapter in chapters::catalog() {
-            let entry = match chapters::run_chapter(&cx, chapter).await {
+            let began = Instant::now();
+            let run = chapters::run_chapter(&cx, chapter).await;
+            let (seconds, steps) = (began.elapsed().as_secs_f64(), cx.timings.take());
+            let entry = match run {
                 Ok(r) => TourEntry {
                     chapter: chapter.slug.to_string(),
                     passed: r.passed(),
@@ -226,6 +241,8 @@ pub async fn tour(
                     mismatches: r.rows.iter().filter(|row| !row.pass).count(),
                     error: None,
                     result: Some(r),
+                    seconds,
+                    steps,
                 },
                 Err(e) => TourEntry {
                     chapter: chapter.slug.to_string(),
@@ -234,6 +251,8 @@ pub async fn tour(
                     mismatches: 0,
                     error: Some(crate::ui::error_chain(&e)),
                     result: None,
+                    seconds,
+                    steps,
                 },
             };
             each(&entry);
@@ -245,6 +264,7 @@ pub async fn tour(
         r = body => r,
         signal = interrupt.recv() => Err(Error::Interrupted(signal)),
     };
+    let stopping = Instant::now();
     let step = crate::ui::Step::start(format!("Stopping and removing cluster {name:?}"));
     let down = tokio::task::spawn_blocking(move || local::down(&name))
         .await
@@ -265,6 +285,8 @@ pub async fn tour(
         passed: entries.iter().all(|e| e.passed),
         chapters: entries,
         seconds: start.elapsed().as_secs_f64(),
+        up_seconds,
+        down_seconds: stopping.elapsed().as_secs_f64(),
     })
 }
 

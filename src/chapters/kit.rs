@@ -6,7 +6,9 @@
 //! The scenario runs on the host as the cluster's admin; the lab it starts
 //! runs in the Pod as the Pod's ServiceAccount.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
@@ -121,6 +123,44 @@ pub struct RunContext {
     /// The API server's audit log, where sa-lab can read it: each row then
     /// says which binding allowed its call.
     pub audit_log: Option<crate::audit::AuditLog>,
+    /// Where the time goes, by kind of step (shared by clones).
+    pub timings: Timings,
+}
+
+/// Where a chapter's seconds go: the time spent in each kind of step
+/// (applying manifests, lab Pods, token uses...), summed. The tour reports
+/// them per chapter (`sa-lab tour -o json`); the benchmark prints medians.
+#[derive(Clone, Default, Debug)]
+pub struct Timings(Arc<Mutex<BTreeMap<&'static str, f64>>>);
+
+impl Timings {
+    /// Counts the time until the returned guard is dropped as `step`.
+    pub fn step(&self, step: &'static str) -> StepTimer {
+        StepTimer {
+            timings: self.clone(),
+            step,
+            start: Instant::now(),
+        }
+    }
+
+    /// The seconds counted so far, by step; starts counting afresh.
+    pub fn take(&self) -> BTreeMap<&'static str, f64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Adds its lifetime to one step of [`Timings`] when dropped.
+pub struct StepTimer {
+    timings: Timings,
+    step: &'static str,
+    start: Instant,
+}
+
+impl Drop for StepTimer {
+    fn drop(&mut self) {
+        let mut map = self.timings.0.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(self.step).or_default() += self.start.elapsed().as_secs_f64();
+    }
 }
 
 impl std::fmt::Debug for RunContext {
@@ -355,6 +395,7 @@ impl RunContext {
             image,
             timeout,
             audit_log: None,
+            timings: Timings::default(),
         })
     }
 
@@ -380,6 +421,7 @@ impl RunContext {
     /// Server-side apply every object of `manifests` (field manager
     /// `sa-lab`), in order.
     pub async fn apply(&self, manifests: &[Manifest]) -> Result<(), Error> {
+        let _t = self.timings.step("apply");
         for m in manifests {
             for obj in m.objects()? {
                 let (api, name) = self.dynamic(m.path, &obj)?;
@@ -412,6 +454,7 @@ impl RunContext {
     /// every row whose request the lab recorded by its `Audit-Id`. Without
     /// an audit log, rows keep no reason.
     pub async fn explain(&self, rows: &mut [Row]) {
+        let _t = self.timings.step("audit log lookup");
         let Some(log) = &self.audit_log else {
             return;
         };
@@ -441,6 +484,7 @@ impl RunContext {
     /// and its cluster-wide roles and bindings, so no earlier chapter,
     /// exercise or attempt changes a verdict. Namespaces stay.
     pub async fn clean_slate(&self) -> Result<(), Error> {
+        let _t = self.timings.step("clean slate");
         let lp = ListParams::default().labels(COURSE_LABEL);
         let dp = DeleteParams::default();
         let kinds = [
@@ -565,6 +609,7 @@ impl RunContext {
     /// Run these lab Pods: delete old ones of the same name, create them,
     /// wait until all terminated, read their reports.
     pub async fn run_pod_objects(&self, pods: Vec<Pod>) -> Result<Vec<LabRun>, Error> {
+        let _t = self.timings.step("lab Pods");
         for pod in &pods {
             let api: Api<Pod> =
                 Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
@@ -674,6 +719,7 @@ impl RunContext {
     /// (and `sas`) and `kube-root-ca.crt` exist. A Pod created the instant
     /// its namespace appears is rejected before `default` exists.
     pub async fn wait_namespace(&self, ns: &str, sas: &[&str]) -> Result<(), Error> {
+        let _t = self.timings.step("namespace ready");
         let sa_api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let wait = async {
@@ -739,6 +785,7 @@ impl RunContext {
         attrs: &ResourceAttributes,
         want: bool,
     ) -> Result<(), Error> {
+        let _t = self.timings.step("authorizer settle");
         let (user, groups) = sa_user(ns, sa);
         let deadline = tokio::time::Instant::now() + AUTHZ_TIMEOUT;
         loop {
@@ -762,6 +809,7 @@ impl RunContext {
 
     /// A token for ServiceAccount `ns/sa` (TokenRequest, as the admin).
     pub async fn token(&self, ns: &str, sa: &str, spec: TokenRequestSpec) -> Result<String, Error> {
+        let _t = self.timings.step("token request");
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
         let req = TokenRequest {
             spec: Some(spec),
@@ -809,6 +857,7 @@ impl RunContext {
         token: &str,
         context: &str,
     ) -> Result<Row, Error> {
+        let _t = self.timings.step("token use");
         let client = self.client_with_token(token)?;
         let res = lab_kit::identity::whoami(&client).await;
         let mut r = api_row(id, subject, &res);

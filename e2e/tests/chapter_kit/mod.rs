@@ -20,6 +20,7 @@ pub async fn context(c: &TestCluster) -> RunContext {
             .info
             .audit_log
             .then(|| sa_lab::audit::AuditLog::of_cluster(&c.info.dir)),
+        timings: Default::default(),
     }
 }
 

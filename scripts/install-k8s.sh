@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Kubernetes control-plane binaries sa-lab's local provider runs
-# (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd)
-# from their Go modules, and cache them per version. Builds only what is
+# (kube-apiserver, kube-controller-manager, kube-scheduler as one binary,
+# sa-lab-control-plane, and links to it; kubectl; etcd) from their Go
+# modules, and cache them per version. Builds only what is
 # missing; prints the bin directory on stdout when done.
 #
 #   scripts/install-k8s.sh            build into the cache if needed
@@ -23,19 +24,33 @@ bin_dir() {
   echo "$(cache_root)/k8s/$(k8s_version)-etcd$(etcd_version)/bin"
 }
 
+# The control plane is one binary (tools/k8sbin/controlplane: why there);
+# kube-apiserver, kube-controller-manager and kube-scheduler are links to it.
+readonly CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler)
+
+# linked OUT NAME: NAME in OUT is the link to the control-plane binary.
+linked() { [[ "$(readlink "$1/$2")" == sa-lab-control-plane && -x "$1/$2" ]]; }
+
 build_k8s() {
-  local out="$1" version missing=()
+  local out="$1" version missing=() b pkgs=()
   version="$(k8s_version)"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    [[ -x "${out}/${b}" ]] || missing+=("${b}")
+  for b in "${CONTROL_PLANE[@]}"; do
+    linked "${out}" "${b}" || { missing=(sa-lab-control-plane) && break; }
   done
+  [[ -x "${out}/kubectl" ]] || missing+=(kubectl)
   if [[ ${#missing[@]} -eq 0 ]]; then
     log "Kubernetes ${version}: cached in ${out}"
     return
   fi
-  log "building ${missing[*]} ${version} from Go modules (cold: about 12 min on 2 cores)"
-  local pkgs=()
-  for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${b}"); done
+  for b in "${missing[@]}"; do
+    case "${b}" in
+      sa-lab-control-plane) pkgs+=(./controlplane) ;;
+      *) pkgs+=("k8s.io/kubernetes/cmd/${b}") ;;
+    esac
+  done
+  local total
+  total="$(CGO_ENABLED=0 go_package_count "${REPO_ROOT}/tools/k8sbin" "${pkgs[@]}")"
+  log "building ${missing[*]} (Kubernetes ${version}) from Go modules (cold: about 10 min on 2 cores)"
   local ldflags
   ldflags="$(k8s_ldflags "${version}")"
   # Build into a temp dir and move into place, so an interrupted build never
@@ -43,9 +58,13 @@ build_k8s() {
   local tmp
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
   (cd "${REPO_ROOT}/tools/k8sbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | go_progress 250)
-  for b in "${missing[@]}"; do mv "${tmp}/${b}" "${out}/${b}"; done
+    CGO_ENABLED=0 go build -v -trimpath -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | go_progress 250 "${total}")
+  if [[ -e "${tmp}/controlplane" ]]; then mv "${tmp}/controlplane" "${out}/sa-lab-control-plane"; fi
+  if [[ -e "${tmp}/kubectl" ]]; then mv "${tmp}/kubectl" "${out}/kubectl"; fi
   rmdir "${tmp}"
+  for b in "${CONTROL_PLANE[@]}"; do
+    linked "${out}" "${b}" || ln -sfn sa-lab-control-plane "${out}/${b}"
+  done
 }
 
 build_etcd() {
@@ -55,11 +74,12 @@ build_etcd() {
     log "etcd ${version}: cached in ${out}"
     return
   fi
+  local tmp total
+  total="$(CGO_ENABLED=0 go_package_count "${REPO_ROOT}/tools/etcdbin" go.etcd.io/etcd/server/v3)"
   log "building etcd ${version} from Go modules"
-  local tmp
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
   (cd "${REPO_ROOT}/tools/etcdbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | go_progress 250)
+    CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | go_progress 250 "${total}")
   mv "${tmp}/etcd" "${out}/etcd"
   rmdir "${tmp}"
 }

@@ -83,7 +83,7 @@ build_kubernetes() {
 # it (its packages are most of ours).
 wait_for_control_plane_build() {
   local pid
-  while pid="$(pgrep -f 'go build .*k8s.io/kubernetes/cmd/kube-apiserver' | head -n1)" && [[ -n "${pid}" ]]; do
+  while pid="$(pgrep -f 'go build .* ./controlplane' | head -n1)" && [[ -n "${pid}" ]]; do
     log "waiting for the running control-plane build (pid ${pid}, scripts/install-k8s.sh) to share its build cache"
     tail --pid="${pid}" -f /dev/null
   done

@@ -115,21 +115,42 @@ require_debian_packages() {
     die "apt-get could not install ${missing[*]}"
 }
 
-# go_progress [EVERY]: reads `go build -v` output, prints a progress line
-# every EVERY (default 250) packages and passes through anything that is
-# not a package path (errors, warnings).
+# go_progress [EVERY] [TOTAL]: reads `go build -v` output, prints a progress
+# line every EVERY (default 250) packages and passes through anything that
+# is not a package path (errors, warnings). Module downloads are counted,
+# not listed. With TOTAL (go_package_count's: what a cold build compiles),
+# each line also says about how long is left.
 go_progress() {
-  local every="${1:-250}" n=0 line start="${SECONDS}"
+  local every="${1:-250}" total="${2:-0}" n=0 fetched=0 line start="${SECONDS}" took
   while IFS= read -r line; do
-    if [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
+    if [[ "${line}" == "go: downloading "* ]]; then
+      fetched=$((fetched + 1))
+      ((fetched % 100)) || printf '   ... %d Go modules downloaded (%ds)\n' "${fetched}" "$((SECONDS - start))" >&2
+    elif [[ "${line}" =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
       n=$((n + 1))
-      if ((n % every == 0)); then
-        printf '   ... %d packages compiled (%ds)\n' "${n}" "$((SECONDS - start))" >&2
+      ((n % every == 0)) || continue
+      took=$((SECONDS - start))
+      if ((total > n)); then
+        printf '   ... %d of %d packages compiled (%ds; about %ds left, then linking)\n' \
+          "${n}" "${total}" "${took}" "$((took * (total - n) / n))" >&2
+      else
+        printf '   ... %d packages compiled (%ds)\n' "${n}" "${took}" >&2
       fi
     else
       printf '%s\n' "${line}" >&2
     fi
   done
+}
+
+# go_package_count DIR PKG...: downloads the modules PKG... need (module DIR,
+# progress on stderr) and prints how many packages `go build -trimpath` of
+# them would compile: the stale ones, the standard library included (all on
+# a cold machine). Nothing on failure: the build that follows says why.
+go_package_count() {
+  local dir="$1"
+  shift
+  (cd "${dir}" && go list -trimpath -deps -f '{{if .Stale}}{{.ImportPath}}{{end}}' "$@" 2> >(go_progress >&2)) |
+    grep -c . || true
 }
 
 # Can the kubelet node run here? Root with CAP_NET_ADMIN and CAP_SYS_ADMIN

@@ -80,7 +80,8 @@ key_inputs() {
     "${DEBIAN_SUITE}" "${DEBIAN_PACKAGES}"
   local f
   for f in tools/containerdbin/go.mod tools/cnibin/go.mod tools/critools/go.mod \
-    tools/corednsbin/main.go kind/node/10-sa-lab.conflist scripts/build-kind-node-image.sh scripts/lib.sh; do
+    tools/corednsbin/main.go tools/k8sbin/controlplane/main.go kind/node/10-sa-lab.conflist \
+    scripts/build-kind-node-image.sh scripts/lib.sh; do
     [[ -f "${REPO_ROOT}/${f}" ]] || continue
     printf '%s %s\n' "${f}" "$(sha256sum <"${REPO_ROOT}/${f}" | cut -c1-64)"
   done
@@ -244,6 +245,8 @@ make_images() {
   version="$(k8s_version)"
   log "component images: kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, etcd, coredns, pause"
   local b dir
+  # Each is the one control-plane binary (scripts/install-k8s.sh), run as the
+  # name kubeadm starts it by.
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     dir="${out}/${b}.root"
     stage "${dir}" "${k8s_bin}/${b}" "/usr/local/bin/${b}"

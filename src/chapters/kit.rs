@@ -441,6 +441,7 @@ impl RunContext {
     /// Delete every object of `manifests` that exists, and wait until each
     /// is gone.
     pub async fn remove(&self, manifests: &[Manifest]) -> Result<(), Error> {
+        let _t = self.timings.step("remove and wait");
         for m in manifests {
             for obj in m.objects()? {
                 let (api, name) = self.dynamic(m.path, &obj)?;
@@ -873,6 +874,7 @@ impl RunContext {
 
     /// Delete Pod `ns/name` (if present) and wait until it is gone.
     pub async fn delete_pod(&self, ns: &str, name: &str) -> Result<(), Error> {
+        let _t = self.timings.step("remove and wait");
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         delete_and_wait(&api, name, self.timeout).await
     }

@@ -50,7 +50,7 @@ build_k8s() {
   done
   local total
   total="$(CGO_ENABLED=0 go_package_count "${REPO_ROOT}/tools/k8sbin" "${pkgs[@]}")"
-  log "building ${missing[*]} (Kubernetes ${version}) from Go modules (cold: about 10 min on 2 cores)"
+  log "building ${missing[*]} (Kubernetes ${version}) from Go modules (cold: about 7 min on 2 cores)"
   local ldflags
   ldflags="$(k8s_ldflags "${version}")"
   # Build into a temp dir and move into place, so an interrupted build never

@@ -222,18 +222,34 @@ tours() {
   done
 }
 
-# Resident memory (MiB) of the cluster's processes.
-rss_mib() {
-  local pid total=0 kb
+# Each process of cluster NAME, one line each: its name (sa-lab's own with
+# its subcommand) and its resident memory in kB, proportional (Pss: a page
+# several of them map, such as their one control-plane binary's, counts once
+# in all), as the benchmark counts it.
+pss_by_process() {
+  local pid kb argv
   for pid in $(cluster_pids "$1"); do
-    kb="$(awk '/^VmRSS:/ {print $2}' "/proc/${pid}/status" 2>/dev/null || true)"
-    total=$((total + ${kb:-0}))
+    kb="$(awk '/^Pss:/ {print $2}' "/proc/${pid}/smaps_rollup" 2>/dev/null || true)"
+    mapfile -d '' -t argv <"/proc/${pid}/cmdline" 2>/dev/null || continue
+    ((${#argv[@]} > 0)) || continue
+    argv[0]="${argv[0]##*/}"
+    [[ "${argv[0]}" == sa-lab ]] && argv[0]="sa-lab-${argv[1]:-}"
+    printf '%s %s\n' "${argv[0]}" "${kb:-0}"
   done
-  echo $((total / 1024))
+}
+
+# The cluster's memory (MiB) from pss_by_process lines on stdin.
+total_mib() { awk '{ t += $2 } END { print int(t / 1024) }'; }
+
+# What each process grew by (MiB), from two pss_by_process snapshots.
+growth_by_process() {
+  awk 'NR == FNR { a[$1] += $2; next } { b[$1] += $2 }
+    END { for (k in b) printf "%s %+d\n", k, (b[k] - a[k]) / 1024 }' <(printf '%s\n' "$1") <(printf '%s\n' "$2") |
+    sort | paste -sd, - | sed 's/,/, /g'
 }
 
 memory_growth() {
-  local runs="$1" name="soak-mem-$$" first last i chapter out ports
+  local runs="$1" name="soak-mem-$$" first last i chapter out ports before after
   ((runs > 0)) || return 0
   time_left || return 0
   out="${SA_LAB_HOME}/out-${name}"
@@ -243,12 +259,14 @@ memory_growth() {
     chapter="$(printf '%02d' $((i % 8 + 1)))"
     attempt "run ${chapter} (run $((i + 1)) on ${name})" "${out}.run" "${SA_LAB}" run "${chapter}" --name "${name}" || true
     scan "${name} output" "${out}.run"
-    ((i == 0)) && first="$(rss_mib "${name}")"
+    ((i == 0)) && before="$(pss_by_process "${name}")"
     time_left || break
   done
-  last="$(rss_mib "${name}")"
-  MEMORY="$(printf '%s MiB after the first run, %s MiB after run %d (%+d MiB)' \
-    "${first}" "${last}" "${i}" $((last - first)))"
+  after="$(pss_by_process "${name}")"
+  first="$(total_mib <<<"${before}")"
+  last="$(total_mib <<<"${after}")"
+  MEMORY="$(printf '%s MiB after the first run, %s MiB after run %d (%+d MiB: %s)' \
+    "${first}" "${last}" "${i}" $((last - first)) "$(growth_by_process "${before}" "${after}")")"
   mapfile -t ports < <(listening_ports "${name}")
   attempt "down ${name}" "${out}.down" "${SA_LAB}" down --name "${name}" || true
   check_gone "${name}" "${ports[@]}"

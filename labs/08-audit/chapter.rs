@@ -108,6 +108,7 @@ async fn run(cx: &RunContext) -> Result<Vec<Row>, Error> {
 /// admitted (not): the API server loads and drops admission policies a
 /// moment after they are written, and that cannot be watched.
 async fn policy_enforced(cx: &RunContext, enforced: bool) -> Result<(), Error> {
+    let _t = cx.timings.step("admission policy settle");
     let rbs: Api<RoleBinding> = Api::namespaced(cx.client.clone(), PRODUCTION);
     let probe = role_binding("ServiceAccount", "default");
     let deadline = tokio::time::Instant::now() + POLICY_TIMEOUT;
@@ -140,6 +141,7 @@ async fn stolen_pod(cx: &RunContext) -> Result<Option<LabRun>, Error> {
 }
 
 async fn audit_as_admin(cx: &RunContext) -> Result<audit::Report, Error> {
+    let _t = cx.timings.step("sa-lab audit");
     audit::run(&cx.client)
         .await
         .map_err(|e| Error::Unexpected(format!("the audit failed: {}", crate::ui::error_chain(&e))))

@@ -28,17 +28,13 @@ bin_dir() {
 # kube-apiserver, kube-controller-manager and kube-scheduler are links to it.
 readonly CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler)
 
-# linked OUT NAME: NAME in OUT is the link to the control-plane binary.
-linked() { [[ "$(readlink "$1/$2")" == sa-lab-control-plane && -x "$1/$2" ]]; }
-
 build_k8s() {
   local out="$1" version missing=() b pkgs=()
   version="$(k8s_version)"
-  for b in "${CONTROL_PLANE[@]}"; do
-    linked "${out}" "${b}" || { missing=(sa-lab-control-plane) && break; }
-  done
+  [[ -x "${out}/sa-lab-control-plane" ]] || missing+=(sa-lab-control-plane)
   [[ -x "${out}/kubectl" ]] || missing+=(kubectl)
   if [[ ${#missing[@]} -eq 0 ]]; then
+    link_control_plane "${out}"
     log "Kubernetes ${version}: cached in ${out}"
     return
   fi
@@ -62,8 +58,15 @@ build_k8s() {
   if [[ -e "${tmp}/controlplane" ]]; then mv "${tmp}/controlplane" "${out}/sa-lab-control-plane"; fi
   if [[ -e "${tmp}/kubectl" ]]; then mv "${tmp}/kubectl" "${out}/kubectl"; fi
   rmdir "${tmp}"
+  link_control_plane "${out}"
+}
+
+# link_control_plane OUT: each control-plane name in OUT a link to the one
+# binary (replacing what an older layout left there: three binaries).
+link_control_plane() {
+  local b
   for b in "${CONTROL_PLANE[@]}"; do
-    linked "${out}" "${b}" || ln -sfn sa-lab-control-plane "${out}/${b}"
+    [[ "$(readlink "$1/${b}")" == sa-lab-control-plane ]] || ln -sfn sa-lab-control-plane "$1/${b}"
   done
 }
 

@@ -2,7 +2,7 @@
 # The main job (the README's first command): build what is missing (the
 # Kubernetes binaries from Go modules, cached; sa-lab and every lab binary),
 # then run every chapter on a fresh local cluster and tear it down. Each
-# build step says how long it took (a cold machine: about 11 min on 2 cores).
+# build step says how long it took (a cold machine: about 12 min on 2 cores).
 #
 #   scripts/tour.sh            the tour, as tables
 #   scripts/tour.sh -o json    the same, as JSON on stdout

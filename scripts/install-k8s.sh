@@ -5,8 +5,11 @@
 # modules, and cache them per version. Builds only what is
 # missing; prints the bin directory on stdout when done.
 #
-#   scripts/install-k8s.sh            build into the cache if needed
-#   scripts/install-k8s.sh --print    print the bin dir, build nothing
+#   scripts/install-k8s.sh               build into the cache if needed
+#   scripts/install-k8s.sh --no-kubectl  the cluster's binaries only (the
+#                                        tour; kubectl is built on first
+#                                        `sa-lab up`, about 30 s then)
+#   scripts/install-k8s.sh --print       print the bin dir, build nothing
 #
 # Versions are pinned in tools/k8sbin/go.mod and tools/etcdbin/go.mod.
 set -o errexit -o nounset -o pipefail
@@ -28,11 +31,14 @@ bin_dir() {
 # kube-apiserver, kube-controller-manager and kube-scheduler are links to it.
 readonly CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler)
 
+# The build directory in use: removed if the build fails or is stopped.
+BUILD_TMP=""
+
 build_k8s() {
-  local out="$1" version missing=() b pkgs=()
+  local out="$1" kubectl="$2" version missing=() b pkgs=()
   version="$(k8s_version)"
   [[ -x "${out}/sa-lab-control-plane" ]] || missing+=(sa-lab-control-plane)
-  [[ -x "${out}/kubectl" ]] || missing+=(kubectl)
+  [[ "${kubectl}" == no || -x "${out}/kubectl" ]] || missing+=(kubectl)
   if [[ ${#missing[@]} -eq 0 ]]; then
     link_control_plane "${out}"
     log "Kubernetes ${version}: cached in ${out}"
@@ -53,11 +59,13 @@ build_k8s() {
   # leaves a half-written binary in the cache.
   local tmp
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
+  BUILD_TMP="${tmp}"
   (cd "${REPO_ROOT}/tools/k8sbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | go_progress 250 "${total}")
+    go_compile -v -ldflags "${ldflags}" -o "${tmp}/" "${pkgs[@]}" 2>&1 | go_progress 250 "${total}")
   if [[ -e "${tmp}/controlplane" ]]; then mv "${tmp}/controlplane" "${out}/sa-lab-control-plane"; fi
   if [[ -e "${tmp}/kubectl" ]]; then mv "${tmp}/kubectl" "${out}/kubectl"; fi
   rmdir "${tmp}"
+  BUILD_TMP=""
   link_control_plane "${out}"
 }
 
@@ -81,19 +89,26 @@ build_etcd() {
   total="$(CGO_ENABLED=0 go_package_count "${REPO_ROOT}/tools/etcdbin" go.etcd.io/etcd/server/v3)"
   log "building etcd ${version} from Go modules"
   tmp="$(mktemp -d "${out}/.build.XXXXXX")"
+  BUILD_TMP="${tmp}"
   (cd "${REPO_ROOT}/tools/etcdbin" &&
-    CGO_ENABLED=0 go build -v -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | go_progress 250 "${total}")
+    go_compile -v -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3 2>&1 | go_progress 250 "${total}")
   mv "${tmp}/etcd" "${out}/etcd"
   rmdir "${tmp}"
+  BUILD_TMP=""
 }
 
 main() {
-  local out
+  local out kubectl=yes
   out="$(bin_dir)"
-  if [[ "${1:-}" == "--print" ]]; then
-    echo "${out}"
-    return
-  fi
+  case "${1:-}" in
+    --print)
+      echo "${out}"
+      return
+      ;;
+    --no-kubectl) kubectl=no ;;
+    "") ;;
+    *) die "unknown argument: $1" "usage: scripts/install-k8s.sh [--no-kubectl | --print]" ;;
+  esac
   if ! command -v go >/dev/null 2>&1; then
     echo "error: Go is not installed; sa-lab builds Kubernetes from its Go modules." >&2
     echo "       Install Go >= 1.26 (https://go.dev/doc/install) or set SA_LAB_K8S_BIN" >&2
@@ -102,8 +117,9 @@ main() {
     exit 1
   fi
   mkdir -p "${out}"
+  trap 'if [[ -n "${BUILD_TMP}" ]]; then rm -rf "${BUILD_TMP}"; fi' EXIT
   build_etcd "${out}"
-  build_k8s "${out}"
+  build_k8s "${out}" "${kubectl}"
   echo "${out}"
 }
 

@@ -6,13 +6,17 @@ use std::process::Command;
 use crate::paths;
 
 /// Every binary the local provider runs.
-pub const REQUIRED: [&str; 5] = [
+pub const REQUIRED: [&str; 4] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
-    "kubectl",
 ];
+
+/// The learner's client, built beside them. No cluster runs it, so the tour
+/// (and its cold first run) does without; `sa-lab up` and the chapters'
+/// own clusters, which the learner goes on to use, build it when missing.
+pub const KUBECTL: &str = "kubectl";
 
 /// Why the Kubernetes binaries cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -122,28 +126,62 @@ pub fn find() -> Result<PathBuf, Error> {
 
 /// Like [`find`], but builds what is missing with `scripts/install-k8s.sh`
 /// when Go and the script are available (its progress goes to stderr).
-pub fn ensure() -> Result<PathBuf, Error> {
-    match find() {
-        Ok(d) => Ok(d),
+/// With `kubectl`, kubectl too, when the directory is sa-lab's own build (a
+/// directory named by `$SA_LAB_K8S_BIN` may leave it out: the learner's own
+/// kubectl is used then).
+pub fn ensure(kubectl: bool) -> Result<PathBuf, Error> {
+    let dir = match find() {
+        Ok(d) => d,
         Err(Error::NotBuilt { dir, missing, all }) => {
-            let script = paths::repo_root().join("scripts/install-k8s.sh");
-            if !script.is_file() || std::env::var("SA_LAB_NO_BUILD").is_ok_and(|v| v == "1") {
-                return Err(Error::NotBuilt { dir, missing, all });
-            }
-            if Command::new("go").arg("version").output().is_err() {
-                return Err(Error::NoGo { dir, missing, all });
-            }
-            eprintln!(" • Kubernetes binaries missing ({missing}); building them from Go modules");
-            let status = Command::new("bash")
-                .arg(&script)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| Error::Spawn(script.clone(), e))?;
-            if !status.success() {
-                return Err(Error::BuildFailed(status.to_string()));
-            }
-            find()
+            let missing = if kubectl && !dir.join(KUBECTL).is_file() {
+                format!("{missing}, {KUBECTL}")
+            } else {
+                missing
+            };
+            build(kubectl, Error::NotBuilt { dir, missing, all })?;
+            return find();
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    if kubectl && dir == cache_bin_dir() && !dir.join(KUBECTL).is_file() {
+        build(
+            true,
+            Error::NotBuilt {
+                dir,
+                missing: KUBECTL.to_string(),
+                all: all(),
+            },
+        )?;
+        return find();
     }
+    Ok(dir)
+}
+
+/// Runs `scripts/install-k8s.sh` (without kubectl unless asked), or says
+/// why it cannot: `not_built` is the error to give when building is off.
+fn build(kubectl: bool, not_built: Error) -> Result<(), Error> {
+    let Error::NotBuilt { dir, missing, all } = not_built else {
+        return Err(not_built);
+    };
+    let script = paths::repo_root().join("scripts/install-k8s.sh");
+    if !script.is_file() || std::env::var("SA_LAB_NO_BUILD").is_ok_and(|v| v == "1") {
+        return Err(Error::NotBuilt { dir, missing, all });
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        return Err(Error::NoGo { dir, missing, all });
+    }
+    eprintln!(" • Kubernetes binaries missing ({missing}); building them from Go modules");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    if !kubectl {
+        cmd.arg("--no-kubectl");
+    }
+    let status = cmd
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| Error::Spawn(script.clone(), e))?;
+    if !status.success() {
+        return Err(Error::BuildFailed(status.to_string()));
+    }
+    Ok(())
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{TestCluster, processes_mentioning, require_binaries, sa_lab, stderr, stdout, unique};
+use common::{
+    Down, TestCluster, processes_mentioning, require_binaries, sa_lab, stderr, stdout, unique,
+};
 use predicates::str::contains;
 use sa_lab::local::{self, ClusterInfo};
 
@@ -189,6 +191,58 @@ fn no_binaries_and_no_go_is_a_clear_error() {
         !sa_lab::paths::cluster_dir(&name).exists(),
         "nothing half-made"
     );
+}
+
+/// kubectl is the learner's, not the cluster's: the tour (whose cluster is
+/// gone when it ends) runs every chapter without it, while `up`, whose
+/// cluster the learner goes on to use with kubectl, wants it in sa-lab's
+/// own build (it would build it; with building off it says what is missing
+/// and makes nothing). Twin: the same `up` with kubectl there starts.
+#[test]
+fn the_tour_needs_no_kubectl_but_up_does() {
+    require_binaries();
+    let real = sa_lab::binaries::find().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let rel = sa_lab::binaries::cache_bin_dir();
+    let rel = rel.strip_prefix(sa_lab::paths::cache()).unwrap();
+    let bin = cache.path().join(rel);
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in sa_lab::binaries::REQUIRED {
+        std::os::unix::fs::symlink(real.join(b), bin.join(b)).unwrap();
+    }
+    let envs = [
+        ("SA_LAB_CACHE", cache.path().to_str().unwrap()),
+        ("SA_LAB_K8S_BIN", ""),
+        ("KUBEBUILDER_ASSETS", ""),
+        ("SA_LAB_NO_BUILD", "1"),
+    ];
+
+    let tour = sa_lab(&["tour", "-o", "json"], &envs).success();
+    let report: serde_json::Value = serde_json::from_str(&stdout(&tour)).unwrap();
+    let chapters = report["chapters"].as_array().unwrap();
+    assert_eq!(chapters.len(), 8, "{report}");
+    assert!(
+        report["passed"] == true && chapters.iter().all(|c| c["passed"] == true),
+        "every chapter as expected without kubectl: {report}"
+    );
+
+    let name = unique("kubectl");
+    let out = sa_lab(&["up", "--name", &name], &envs).code(2);
+    let err = stderr(&out);
+    assert!(err.contains("lacks kubectl"), "{err}");
+    assert!(err.contains("scripts/install-k8s.sh"), "{err}");
+    assert!(
+        !sa_lab::paths::cluster_dir(&name).exists(),
+        "nothing half-made"
+    );
+
+    std::os::unix::fs::symlink(real.join("kubectl"), bin.join("kubectl")).unwrap();
+    let down = Down(name.clone());
+    sa_lab(&["up", "--name", &name], &envs)
+        .success()
+        .stderr(contains("is ready"));
+    sa_lab(&["down", "--name", &name], &[]).success();
+    down.disarm();
 }
 
 /// `up` with `component`'s binary replaced by one that fails at once:

@@ -196,6 +196,9 @@ pub struct UpOptions {
     /// Kubelet node: wait while another kubelet-node cluster runs on this
     /// host (tests), instead of refusing.
     pub wait_for_node: bool,
+    /// Build kubectl too when sa-lab's own build lacks it: the cluster is
+    /// the learner's (`sa-lab up`, a chapter's), not the tour's or a test's.
+    pub kubectl: bool,
 }
 
 /// A local cluster's fixed facts, stored in `<dir>/cluster.json`.
@@ -567,7 +570,7 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         // Say so before building anything.
         kubelet::host::require_root()?;
     }
-    let bin_dir = binaries::ensure()?;
+    let bin_dir = binaries::ensure(opts.kubectl)?;
     let prepared = match node {
         NodeKind::Sandbox => None,
         NodeKind::Kubelet => {
@@ -689,7 +692,13 @@ pub fn prepare(opts: &UpOptions) -> Result<ClusterInfo, Error> {
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(io_err(format!("removing stale {}", dir.display())))?;
     }
-    write_cluster(&opts.name, &dir, opts, binaries::ensure()?, None)
+    write_cluster(
+        &opts.name,
+        &dir,
+        opts,
+        binaries::ensure(opts.kubectl)?,
+        None,
+    )
 }
 
 /// The cluster's directory, certificates, kubeconfigs and `cluster.json`.

@@ -111,6 +111,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
                 );
                 local::up_interruptible(&local::UpOptions {
                     name: name.clone(),
+                    kubectl: true,
                     ..Default::default()
                 })
                 .await?
@@ -248,6 +249,7 @@ pub async fn up(args: &UpArgs) -> Result<Started, ConnectError> {
                 api_port: args.api_port,
                 no_audit_log: args.no_audit_log,
                 node: args.node,
+                kubectl: true,
                 ..Default::default()
             })
             .await?;

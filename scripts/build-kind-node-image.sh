@@ -119,7 +119,7 @@ build_coredns() {
   log "building CoreDNS ${version} (cluster names only, no forwarding plugin)"
   mkdir -p "$(dirname "${out}")"
   (cd "${REPO_ROOT}/tools/corednsbin" &&
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${out}.tmp" .) >&2
+    go_compile -ldflags "-s -w" -o "${out}.tmp" .) >&2
   mv -f "${out}.tmp" "${out}"
   printf '%s\n' "${out}"
 }

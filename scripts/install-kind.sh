@@ -40,7 +40,7 @@ main() {
   local tmp
   tmp="$(mktemp "${out}.XXXXXX")"
   if ! (cd "${REPO_ROOT}/tools/kindbin" &&
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "${tmp}" sigs.k8s.io/kind); then
+    go_compile -ldflags "-s -w" -o "${tmp}" sigs.k8s.io/kind); then
     rm -f -- "${tmp}"
     die "building kind ${version} failed (output above)"
   fi

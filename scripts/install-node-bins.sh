@@ -53,7 +53,7 @@ go_build() {
   # shellcheck disable=SC2064 # expand now: the trap must remove this tmp dir
   trap "rm -rf '${tmp}'" EXIT
   (cd "${REPO_ROOT}/tools/${tool}" &&
-    CGO_ENABLED=0 go build -v -trimpath -tags "${tags}" -ldflags "${ldflags}" -o "${tmp}/" "$@" 2>&1 | go_progress 100)
+    go_compile -v -tags "${tags}" -ldflags "${ldflags}" -o "${tmp}/" "$@" 2>&1 | go_progress 100)
   for pkg in "$@"; do mv "${tmp}/${pkg##*/}" "${out}/"; done
   rmdir "${tmp}"
   trap - EXIT

@@ -46,7 +46,7 @@ pub enum Error {
     /// Nothing is built and auto-build is off.
     #[error(
         "the Kubernetes binaries are not built ({dir} lacks {missing}); run \
-         scripts/install-k8s.sh (a cold build takes about 7.5 min on 2 cores), or set \
+         scripts/install-k8s.sh (a cold build takes about 7 min on 2 cores), or set \
          SA_LAB_K8S_BIN to a directory holding {all}"
     )]
     NotBuilt {

@@ -24,7 +24,7 @@
 #    cluster (POD_RUNS runs). Where kind cannot run, it says why and skips.
 #    SA_LAB_KIND_NODE_IMAGE picks the node image as for kind-up (auto).
 # 7. with COLD_RUNS > 0: the README's main command (scripts/tour.sh) from a
-#    fresh clone of this commit with every cache empty, 8-10 min a run
+#    fresh clone of this commit with every cache empty, about 8 min a run
 #    on 2 cores (the caches are temporary ones: yours are not touched).
 # The e2e tests assert behaviour only; every timing lives here.
 # Everything runs the same debug build the README's commands use.

@@ -3,7 +3,7 @@
 # Kubernetes binaries from Go modules, cached; sa-lab and every lab binary;
 # the two side by side, so neither waits on the other's downloads and
 # links), then run every chapter on a fresh local cluster and tear it down.
-# Each build says how long it took (a cold machine: 8-10 min on 2 cores).
+# Each build says how long it took (a cold machine: about 8 min on 2 cores).
 # kubectl is not built here (the tour does not run it): the first `sa-lab up`
 # builds it, in about 30 s.
 #
@@ -37,7 +37,7 @@ main() {
   trap 'exit 143' TERM
   K8S_OUT="$(mktemp)"
   echo " • Kubernetes binaries (built once from Go modules, then cached) and, beside them," >&2
-  echo "   sa-lab and the lab binaries (cold: 8-10 min for both on 2 cores)" >&2
+  echo "   sa-lab and the lab binaries (cold: about 8 min for both on 2 cores)" >&2
   # Its own session: a Ctrl-C reaches this script, whose trap stops it.
   setsid scripts/install-k8s.sh --no-kubectl >"${K8S_OUT}" &
   K8S_PID=$!

@@ -131,38 +131,23 @@ pub fn find() -> Result<PathBuf, Error> {
 /// kubectl is used then).
 pub fn ensure(kubectl: bool) -> Result<PathBuf, Error> {
     let dir = match find() {
+        Ok(d) if !kubectl || d != cache_bin_dir() || d.join(KUBECTL).is_file() => return Ok(d),
         Ok(d) => d,
-        Err(Error::NotBuilt { dir, missing, all }) => {
-            let missing = if kubectl && !dir.join(KUBECTL).is_file() {
-                format!("{missing}, {KUBECTL}")
-            } else {
-                missing
-            };
-            build(kubectl, Error::NotBuilt { dir, missing, all })?;
-            return find();
-        }
+        Err(Error::NotBuilt { dir, .. }) => dir,
         Err(e) => return Err(e),
     };
-    if kubectl && dir == cache_bin_dir() && !dir.join(KUBECTL).is_file() {
-        build(
-            true,
-            Error::NotBuilt {
-                dir,
-                missing: KUBECTL.to_string(),
-                all: all(),
-            },
-        )?;
-        return find();
+    let mut missing = missing_in(&dir);
+    if kubectl && !dir.join(KUBECTL).is_file() {
+        missing.push(KUBECTL);
     }
-    Ok(dir)
+    build(kubectl, dir, missing.join(", "))?;
+    find()
 }
 
-/// Runs `scripts/install-k8s.sh` (without kubectl unless asked), or says
-/// why it cannot: `not_built` is the error to give when building is off.
-fn build(kubectl: bool, not_built: Error) -> Result<(), Error> {
-    let Error::NotBuilt { dir, missing, all } = not_built else {
-        return Err(not_built);
-    };
+/// Runs `scripts/install-k8s.sh` (without kubectl unless asked) to fill
+/// sa-lab's cache `dir`, or says why it cannot.
+fn build(kubectl: bool, dir: PathBuf, missing: String) -> Result<(), Error> {
+    let all = all();
     let script = paths::repo_root().join("scripts/install-k8s.sh");
     if !script.is_file() || std::env::var("SA_LAB_NO_BUILD").is_ok_and(|v| v == "1") {
         return Err(Error::NotBuilt { dir, missing, all });

@@ -238,7 +238,7 @@ impl ClusterInfo {
         self.dir.join("pki")
     }
     pub fn kubectl(&self) -> PathBuf {
-        self.bin_dir.join("kubectl")
+        self.bin_dir.join(binaries::KUBECTL)
     }
     /// Which node runs the cluster's Pods.
     pub fn node_kind(&self) -> NodeKind {

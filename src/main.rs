@@ -54,6 +54,8 @@ enum Cmd {
         no_audit_log: bool,
         /// Local: which node runs Pods: sandbox (default) or kubelet (the real
         /// kubelet, containerd and kube-proxy; needs root). Also $SA_LAB_NODE.
+        /// $SA_LAB_KUBELET_PLEG=generic: the kubelet only lists containers,
+        /// as on kind (default evented: containerd's events tell it of exits).
         #[arg(long, value_enum)]
         node: Option<sa_lab::kubelet::NodeKind>,
     },

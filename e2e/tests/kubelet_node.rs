@@ -4,6 +4,8 @@
 //! host lock), runs Pods in it and stops it.
 //!
 //! - the kubelet, not sa-lab, fills and refreshes the Pod's token;
+//! - the kubelet hears of a container's exit from containerd's events
+//!   (`EventedPLEG`), or only lists containers with the generic PLEG;
 //! - Pod traffic stays on this host (a network namespace made for the test,
 //!   behind a veth, stands for "outside").
 //!
@@ -19,6 +21,7 @@ use common::{TestCluster, eventually};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use pod_kit::{create, make_ns, report, run_to_end, toolbox_pod, wait_running};
+use sa_lab::kubelet::Pleg;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- helpers
@@ -134,6 +137,47 @@ async fn kubelet_fills_and_refreshes_the_token() {
     let c2 = claims(&second);
     assert!(c2["iat"].as_i64() > c1["iat"].as_i64(), "{c1} then {c2}");
     assert_eq!(c2["kubernetes.io"]["pod"]["uid"], uid.as_str());
+}
+
+/// The kubelet's count of container events it took from containerd's stream
+/// (the `EventedPLEG` watcher's latency histogram), read from its metrics
+/// through the API server; 0 when the histogram has no samples or is absent.
+async fn container_events_heard(client: &kube::Client) -> u64 {
+    let path = format!("/api/v1/nodes/{}/proxy/metrics", sa_lab::kubelet::NODE_NAME);
+    let req = http::Request::get(&path).body(Vec::new()).unwrap();
+    let text = client
+        .request_text(req)
+        .await
+        .expect("the kubelet's metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kubelet_evented_pleg_connection_latency_seconds_count "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// How the kubelet learns that a container exited. By default from
+/// containerd's event stream (the `EventedPLEG` gate; the kubelet's own
+/// metrics show it took events); the twin, `SA_LAB_KUBELET_PLEG=generic`,
+/// the kubelet as kind runs it, only lists containers (no events taken).
+/// A Pod runs to `Succeeded` either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_hears_container_exits_from_containerd() {
+    if !common::kubelet_node_possible() {
+        return;
+    }
+    for pleg in [Pleg::Evented, Pleg::Generic] {
+        let c = TestCluster::start_kubelet_with(&format!("kl-{}", pleg.as_str()), Some(pleg)).await;
+        let client = c.client().await;
+        let ns = make_ns(&client, "kl-pleg").await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let done = run_to_end(&pods, toolbox_pod("exits", &["exit", "0"]), 60).await;
+        let phase = done.status.and_then(|s| s.phase);
+        assert_eq!(phase.as_deref(), Some("Succeeded"), "{pleg:?}");
+        let heard = container_events_heard(&client).await;
+        match pleg {
+            Pleg::Evented => assert!(heard > 0, "no container event reached the kubelet"),
+            Pleg::Generic => assert_eq!(heard, 0, "the generic PLEG took events"),
+        }
+    }
 }
 
 /// Pods reach the API server through the kubernetes Service, and nothing

@@ -170,6 +170,43 @@ fn a_taken_port_is_refused_before_anything_starts() {
     );
 }
 
+/// A node setting the environment names wrongly is refused before anything
+/// starts, saying what the choices are. Twin: the same `up` with values it
+/// knows (the kubelet's PLEG, which the sandbox node leaves alone) starts.
+#[test]
+fn a_misnamed_node_setting_is_refused_before_anything_starts() {
+    require_binaries();
+    for (var, value, says) in [
+        (
+            "SA_LAB_NODE",
+            "kublet",
+            "use `sandbox` (the default) or `kubelet`",
+        ),
+        ("SA_LAB_KUBELET_PLEG", "fast", "is neither `evented`"),
+    ] {
+        let name = unique("badenv");
+        let out = sa_lab(&["up", "--name", &name], &[(var, value)]).code(2);
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{var}=\"{value}\"")), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(
+            !sa_lab::paths::cluster_dir(&name).exists(),
+            "nothing half-made"
+        );
+    }
+    let name = unique("goodenv");
+    let down = Down(name.clone());
+    sa_lab(
+        &["up", "--name", &name],
+        &[
+            ("SA_LAB_NODE", "sandbox"),
+            ("SA_LAB_KUBELET_PLEG", "generic"),
+        ],
+    )
+    .success();
+    drop(down);
+}
+
 #[test]
 fn no_binaries_and_no_go_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use super::{CGROUP_ROOT, Layout, net::Network};
+use super::{CGROUP_ROOT, Layout, Pleg, net::Network};
 
 /// containerd's config (version 4, what containerd 2.4 writes itself).
 /// Everything lives in our own directories: root (images, snapshots) in the
@@ -99,9 +99,9 @@ server = \"https://127.0.0.1:1\"
 ";
 
 /// The kubelet's KubeletConfiguration (JSON is YAML).
-pub fn kubelet(l: &Layout, net: &Network, ports: KubeletPorts, pki: &Pki) -> String {
+pub fn kubelet(l: &Layout, net: &Network, ports: KubeletPorts, pki: &Pki, pleg: Pleg) -> String {
     let endpoint = format!("unix://{}", l.containerd_socket.display());
-    let doc = json!({
+    let mut doc = json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         // Served on the node's host-local address only; no read-only port.
@@ -159,6 +159,11 @@ pub fn kubelet(l: &Layout, net: &Network, ports: KubeletPorts, pki: &Pki) -> Str
         "registerNode": true,
         "maxPods": 110,
     });
+    if pleg == Pleg::Evented {
+        // containerd's container events make the kubelet relist a Pod the
+        // moment a container exits (see `Pleg`).
+        doc["featureGates"] = json!({"EventedPLEG": true});
+    }
     serde_json::to_string_pretty(&doc).expect("json renders")
 }
 
@@ -289,14 +294,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kubelet_config_has_the_knobs_this_host_needs() {
-        let net = Network::from_vars(|_| None).unwrap();
-        let pki = Pki {
+    fn pki() -> Pki {
+        Pki {
             ca_cert: "/p/ca.crt".into(),
             serving_cert: "/p/s.crt".into(),
             serving_key: "/p/s.key".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn kubelet_config_has_the_knobs_this_host_needs() {
+        let net = Network::from_vars(|_| None).unwrap();
         let text = kubelet(
             &layout(),
             &net,
@@ -304,9 +312,11 @@ mod tests {
                 kubelet: 1,
                 healthz: 2,
             },
-            &pki,
+            &pki(),
+            Pleg::Evented,
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["featureGates"], json!({"EventedPLEG": true}));
         assert_eq!(v["failCgroupV1"], false);
         assert_eq!(v["cgroupDriver"], "cgroupfs");
         assert_eq!(v["cgroupRoot"], "/sa-lab-kubelet");
@@ -314,6 +324,18 @@ mod tests {
         assert_eq!(v["authentication"]["anonymous"]["enabled"], false);
         assert_eq!(v["readOnlyPort"], 0);
         assert_eq!(v["address"], "10.245.0.1");
+    }
+
+    #[test]
+    fn the_generic_pleg_is_the_kubelet_as_kind_runs_it() {
+        let net = Network::from_vars(|_| None).unwrap();
+        let ports = KubeletPorts {
+            kubelet: 1,
+            healthz: 2,
+        };
+        let generic: serde_json::Value =
+            serde_json::from_str(&kubelet(&layout(), &net, ports, &pki(), Pleg::Generic)).unwrap();
+        assert!(generic.get("featureGates").is_none(), "{generic}");
     }
 
     #[test]

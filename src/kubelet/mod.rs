@@ -74,12 +74,58 @@ impl NodeKind {
     }
 }
 
+/// How the kubelet learns that a Pod's container has exited
+/// (`$SA_LAB_KUBELET_PLEG`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pleg {
+    /// The generic PLEG's listing of the containers once a second, plus
+    /// containerd's event stream as a hint: a container's exit makes the
+    /// kubelet relist that Pod at once. The `EventedPLEG` feature gate
+    /// (alpha); since Kubernetes 1.37 it only requests those relists, the
+    /// generic PLEG still owns the Pod cache and its events
+    /// (kubernetes/kubernetes#139262). A Pod that runs to its end reports
+    /// its terminal phase about a second sooner.
+    #[default]
+    Evented,
+    /// The generic PLEG alone, as kind and kubeadm run the kubelet.
+    Generic,
+}
+
+impl Pleg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pleg::Evented => "evented",
+            Pleg::Generic => "generic",
+        }
+    }
+
+    /// `$SA_LAB_KUBELET_PLEG`, if set.
+    pub fn from_env() -> Result<Option<Pleg>, Error> {
+        match paths::non_empty_env("SA_LAB_KUBELET_PLEG") {
+            None => Ok(None),
+            Some(v) => match v.as_str() {
+                "evented" => Ok(Some(Pleg::Evented)),
+                "generic" => Ok(Some(Pleg::Generic)),
+                _ => Err(Error::BadPleg(v)),
+            },
+        }
+    }
+}
+
 /// Why the kubelet node cannot start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `SA_LAB_NODE` names no node.
     #[error("SA_LAB_NODE={0:?} names no node: use `sandbox` (the default) or `kubelet`")]
     BadNodeKind(String),
+    /// `SA_LAB_KUBELET_PLEG` names no PLEG.
+    #[error(
+        "SA_LAB_KUBELET_PLEG={0:?} is neither `evented` (the default: containerd's events \
+         tell the kubelet of a container's exit) nor `generic` (the kubelet lists \
+         containers once a second, as on kind)"
+    )]
+    BadPleg(String),
     /// Not root.
     #[error(
         "the kubelet node needs root ({why}): containerd and runc mount filesystems, \
@@ -144,9 +190,17 @@ pub struct KubeletNode {
     /// The pause image's name (`registry.k8s.io/pause:<tag>`).
     pub pause_image: String,
     pub net: Network,
+    /// How the kubelet learns of container exits (clusters started before
+    /// this field existed ran the generic PLEG).
+    #[serde(default = "generic_pleg")]
+    pub pleg: Pleg,
     pub kubelet_healthz_port: u16,
     pub proxy_healthz_port: u16,
     pub proxy_metrics_port: u16,
+}
+
+fn generic_pleg() -> Pleg {
+    Pleg::Generic
 }
 
 impl KubeletNode {
@@ -220,9 +274,15 @@ pub struct Prepared {
 /// Everything `up` checks and builds before a kubelet-node cluster starts:
 /// root, host tools, the lock (`wait`: block until free), leftovers of a
 /// crashed run (undone), nothing foreign in the way, addresses free on this
-/// host, the node binaries and both images. `ports`: free ports on
-/// 127.0.0.1 for the kubelet's healthz and kube-proxy's healthz and metrics.
-pub fn prepare(wait: bool, labs_dir: &Path, ports: [u16; 3]) -> Result<Prepared, Error> {
+/// host, the node binaries and both images. `pleg`: how the kubelet will
+/// learn of container exits. `ports`: free ports on 127.0.0.1 for the
+/// kubelet's healthz and kube-proxy's healthz and metrics.
+pub fn prepare(
+    wait: bool,
+    pleg: Pleg,
+    labs_dir: &Path,
+    ports: [u16; 3],
+) -> Result<Prepared, Error> {
     host::require_root()?;
     let missing: Vec<&(&str, &str)> = host::HOST_TOOLS
         .iter()
@@ -261,6 +321,7 @@ pub fn prepare(wait: bool, labs_dir: &Path, ports: [u16; 3]) -> Result<Prepared,
         lab_image_archive,
         pause_image,
         net,
+        pleg,
         kubelet_healthz_port: ports[0],
         proxy_healthz_port: ports[1],
         proxy_metrics_port: ports[2],
@@ -414,6 +475,7 @@ pub fn setup(info: &crate::local::ClusterInfo, node: &KubeletNode) -> Result<(),
                 serving_cert: p("node-serving.crt"),
                 serving_key: p("node-serving.key"),
             },
+            node.pleg,
         ),
     )?;
     write(

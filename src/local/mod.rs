@@ -193,6 +193,9 @@ pub struct UpOptions {
     pub no_audit_log: bool,
     /// Which node runs Pods; `None`: `$SA_LAB_NODE`, else the sandbox node.
     pub node: Option<NodeKind>,
+    /// Kubelet node: how the kubelet learns of container exits; `None`:
+    /// `$SA_LAB_KUBELET_PLEG`, else evented.
+    pub kubelet_pleg: Option<kubelet::Pleg>,
     /// Kubelet node: wait while another kubelet-node cluster runs on this
     /// host (tests), instead of refusing.
     pub wait_for_node: bool,
@@ -566,6 +569,10 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
         Some(n) => n,
         None => NodeKind::from_env()?.unwrap_or_default(),
     };
+    let pleg = match opts.kubelet_pleg {
+        Some(p) => p,
+        None => kubelet::Pleg::from_env()?.unwrap_or_default(),
+    };
     if node == NodeKind::Kubelet {
         // Say so before building anything.
         kubelet::host::require_root()?;
@@ -577,7 +584,7 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo, Error> {
             let ports = [free_port()?, free_port()?, free_port()?];
             let (wait, labs) = (opts.wait_for_node, paths::labs_dir());
             let prepared =
-                tokio::task::spawn_blocking(move || kubelet::prepare(wait, &labs, ports))
+                tokio::task::spawn_blocking(move || kubelet::prepare(wait, pleg, &labs, ports))
                     .await
                     .expect("kubelet node preparation does not panic")?;
             Some(prepared)

@@ -73,9 +73,19 @@ impl TestCluster {
     /// Starts a fresh local cluster with the kubelet node, whatever
     /// `$SA_LAB_NODE` says (waits while another one runs on this host).
     pub async fn start_kubelet(name: &str) -> TestCluster {
+        Self::start_kubelet_with(name, None).await
+    }
+
+    /// The same, the kubelet learning of container exits as `pleg` says
+    /// (`None`: `$SA_LAB_KUBELET_PLEG`, else evented).
+    pub async fn start_kubelet_with(
+        name: &str,
+        pleg: Option<sa_lab::kubelet::Pleg>,
+    ) -> TestCluster {
         let info = local::up(&UpOptions {
             name: unique(&format!("t-{name}")),
             node: Some(sa_lab::kubelet::NodeKind::Kubelet),
+            kubelet_pleg: pleg,
             wait_for_node: true,
             ..Default::default()
         })

@@ -10,7 +10,9 @@
 # 2. Pod create to Succeeded for a trivial lab Pod (median and p95), a
 #    graceful delete to the Pod gone (the program exits on SIGTERM), and the
 #    interval between the node's Lease renewals;
-#    1 and 2 with the sandbox node, then (as root) with the kubelet node;
+#    1 and 2 with the sandbox node, then (as root) with the kubelet node,
+#    whose Pod start is also measured with each way its kubelet learns of
+#    a container's exit (SA_LAB_KUBELET_PLEG: evented, generic);
 # 3. `sa-lab tour` wall time (bring-up, every chapter, tear-down), with and
 #    without the API server's audit log, interleaved;
 # 4. `sa-lab audit` on a generated cluster of 200 namespaces, 2,000

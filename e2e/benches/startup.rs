@@ -8,6 +8,8 @@
 //!   between the node's Lease renewals;
 //!
 //! each with the sandbox node, then (as root) with the kubelet node;
+//! - the kubelet node's Pod start with each way its kubelet learns of
+//!   container exits (`SA_LAB_KUBELET_PLEG`: evented, generic);
 //! - audit logging's cost: `up` and Pod start with and without it.
 //!
 //! With `SA_LAB_BENCH_KIND=<cluster>`, only Pod create to `Succeeded`, on
@@ -301,9 +303,17 @@ async fn time_pods(pods: &Api<Pod>, pod_runs: usize, what: &str) {
 
 /// Create -> `Succeeded` of `pod_runs` trivial lab Pods named
 /// `<prefix>-<i>`, one after another, in seconds.
+///
+/// Each create waits a fraction of a second first (i * 0.618 s mod 1 s, so
+/// the offsets spread evenly): the kubelet lists its containers on a
+/// 1-second clock, and a Pod created the instant the previous one finished
+/// would start at the same point of that clock every time, giving one
+/// alignment's figure instead of the median over all of them.
 async fn pod_times(pods: &Api<Pod>, pod_runs: usize, prefix: &str) -> Vec<f64> {
     let mut times = Vec::new();
     for i in 0..pod_runs {
+        let offset = (i as f64 * 0.618_034).fract();
+        tokio::time::sleep(Duration::from_secs_f64(offset)).await;
         let pod_name = format!("{prefix}-{i}");
         let wp = WatchParams::default().fields(&format!("metadata.name={pod_name}"));
         let mut stream = pods.watch(&wp, "0").await.expect("watch").boxed();
@@ -338,6 +348,57 @@ async fn pod_times(pods: &Api<Pod>, pod_runs: usize, prefix: &str) -> Vec<f64> {
     times
 }
 
+/// Makes namespace `bench`, waits for its default ServiceAccount (the
+/// controller manager's), and returns its Pods.
+async fn bench_namespace(client: &kube::Client) -> Api<Pod> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap(),
+    )
+    .await
+    .expect("namespace");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "bench");
+    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+    Api::namespaced(client.clone(), "bench")
+}
+
+/// The kubelet node's Pod create -> `Succeeded` with each way the kubelet
+/// learns of container exits (`SA_LAB_KUBELET_PLEG`): containerd's events
+/// (evented, the default) and the generic PLEG's listing alone (as on
+/// kind); two rounds, a cluster per PLEG per round, `pod_runs` Pods each.
+async fn bench_pleg(pod_runs: usize) {
+    use sa_lab::kubelet::Pleg;
+    let plegs = [Pleg::Evented, Pleg::Generic];
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (k, pleg) in plegs.into_iter().enumerate() {
+            let name = format!("bench-pleg-{}-{round}-{k}", std::process::id());
+            let info = local::up(&UpOptions {
+                name: name.clone(),
+                node: Some(NodeKind::Kubelet),
+                kubelet_pleg: Some(pleg),
+                ..Default::default()
+            })
+            .await
+            .expect("sa-lab up --node kubelet");
+            let pods = bench_namespace(&info.client().await.expect("client")).await;
+            times[k].extend(pod_times(&pods, pod_runs, "pleg").await);
+            local::down(&name).expect("sa-lab down");
+        }
+    }
+    for (k, pleg) in plegs.into_iter().enumerate() {
+        println!(
+            "Pod create -> Succeeded (trivial lab Pod, kubelet node, {} PLEG), {} runs in 2 rounds: median {:.3} s, p95 {:.3} s",
+            pleg.as_str(),
+            times[k].len(),
+            median(&mut times[k].clone()),
+            percentile(&mut times[k], 95.0)
+        );
+    }
+}
+
 /// Audit logging's cost (goal: at most 5 % slower): `up` to ready and Pod
 /// create -> `Succeeded` with the audit log and without it
 /// (`--no-audit-log`), the two interleaved run by run.
@@ -356,18 +417,7 @@ async fn bench_audit_cost(runs: usize, pod_runs: usize) {
             .await
             .expect("sa-lab up");
             up[k].push(t.elapsed().as_secs_f64());
-            let client = info.client().await.expect("client");
-            let nss: Api<Namespace> = Api::all(client.clone());
-            nss.create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap(),
-            )
-            .await
-            .expect("namespace");
-            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                Api::namespaced(client.clone(), "bench");
-            wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
-            let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
+            let pods = bench_namespace(&info.client().await.expect("client")).await;
             pod[k].extend(pod_times(&pods, pod_runs, "audit").await);
             local::down(&name).expect("sa-lab down");
         }
@@ -429,18 +479,7 @@ async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_r
     .expect("up");
     let node = node.as_str();
     let client = info.client().await.expect("client");
-    let ns = "bench";
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .expect("namespace");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // The namespace's default ServiceAccount (created by the KCM).
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
+    let pods = bench_namespace(&client).await;
 
     time_pods(&pods, pod_runs, &format!("{node} node")).await;
 
@@ -566,6 +605,9 @@ fn main() {
             if pod_runs > 0 {
                 bench_node(node, pod_runs, delete_runs, lease_renewals).await;
             }
+        }
+        if kubelet && pod_runs > 0 {
+            bench_pleg(pod_runs.div_ceil(2)).await;
         }
         if pod_runs > 0 {
             bench_audit_cost(up_runs, pod_runs.div_ceil(2)).await;

@@ -63,20 +63,21 @@ impl NodeKind {
 
     /// `$SA_LAB_NODE`, if set.
     pub fn from_env() -> Result<Option<NodeKind>, Error> {
-        match paths::non_empty_env("SA_LAB_NODE") {
-            None => Ok(None),
-            Some(v) => match v.as_str() {
-                "sandbox" => Ok(Some(NodeKind::Sandbox)),
-                "kubelet" => Ok(Some(NodeKind::Kubelet)),
-                _ => Err(Error::BadNodeKind(v)),
-            },
-        }
+        env_choice("SA_LAB_NODE").map_err(Error::BadNodeKind)
+    }
+}
+
+/// `$var` as one of `T`'s names, if set; the value when it names none.
+fn env_choice<T: clap::ValueEnum>(var: &str) -> Result<Option<T>, String> {
+    match paths::non_empty_env(var) {
+        None => Ok(None),
+        Some(v) => T::from_str(&v, false).map(Some).map_err(|_| v),
     }
 }
 
 /// How the kubelet learns that a Pod's container has exited
 /// (`$SA_LAB_KUBELET_PLEG`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pleg {
     /// The generic PLEG's listing of the containers once a second, plus
@@ -102,14 +103,7 @@ impl Pleg {
 
     /// `$SA_LAB_KUBELET_PLEG`, if set.
     pub fn from_env() -> Result<Option<Pleg>, Error> {
-        match paths::non_empty_env("SA_LAB_KUBELET_PLEG") {
-            None => Ok(None),
-            Some(v) => match v.as_str() {
-                "evented" => Ok(Some(Pleg::Evented)),
-                "generic" => Ok(Some(Pleg::Generic)),
-                _ => Err(Error::BadPleg(v)),
-            },
-        }
+        env_choice("SA_LAB_KUBELET_PLEG").map_err(Error::BadPleg)
     }
 }
 

@@ -274,8 +274,13 @@ struct Outside {
 impl Outside {
     fn new(link: &str, netns: &str, route: &str) -> Outside {
         let peer = format!("{link}p");
-        let _ = Command::new("ip").args(["link", "del", link]).status();
-        let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        // What an earlier run may have left (usually nothing: quietly).
+        for args in [["link", "del", link], ["netns", "del", netns]] {
+            let _ = Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         ip(&["netns", "add", netns]);
         let o = Outside {
             link: link.to_string(),

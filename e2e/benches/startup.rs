@@ -362,20 +362,19 @@ async fn pod_times(pods: &Api<Pod>, pod_runs: usize, prefix: &str) -> Vec<f64> {
     times
 }
 
-/// Makes namespace `bench`, waits for its default ServiceAccount (the
+/// Makes namespace `ns`, waits for its default ServiceAccount (the
 /// controller manager's), and returns its Pods.
-async fn bench_namespace(client: &kube::Client) -> Api<Pod> {
+async fn bench_namespace(client: &kube::Client, ns: &str) -> Api<Pod> {
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
         &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
     )
     .await
     .expect("namespace");
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), "bench");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
     wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
-    Api::namespaced(client.clone(), "bench")
+    Api::namespaced(client.clone(), ns)
 }
 
 /// The kubelet node's Pod create -> `Succeeded` with each way the kubelet
@@ -397,7 +396,7 @@ async fn bench_pleg(pod_runs: usize) {
             })
             .await
             .expect("sa-lab up --node kubelet");
-            let pods = bench_namespace(&info.client().await.expect("client")).await;
+            let pods = bench_namespace(&info.client().await.expect("client"), "bench").await;
             times[k].extend(pod_times(&pods, pod_runs, "pleg").await);
             local::down(&name).expect("sa-lab down");
         }
@@ -431,7 +430,7 @@ async fn bench_audit_cost(runs: usize, pod_runs: usize) {
             .await
             .expect("sa-lab up");
             up[k].push(t.elapsed().as_secs_f64());
-            let pods = bench_namespace(&info.client().await.expect("client")).await;
+            let pods = bench_namespace(&info.client().await.expect("client"), "bench").await;
             pod[k].extend(pod_times(&pods, pod_runs, "audit").await);
             local::down(&name).expect("sa-lab down");
         }
@@ -463,18 +462,9 @@ async fn bench_pods_kind(cluster: &str, pod_runs: usize) {
     .await
     .expect("kind cluster (run scripts/kind-up.sh first)");
     let ns = format!("bench-{}", std::process::id());
-    let nss: Api<Namespace> = Api::all(conn.client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .expect("namespace");
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(conn.client.clone(), &ns);
-    wait(&sas, "default", 30, |sa: Option<&_>| sa.is_some()).await;
-    let pods: Api<Pod> = Api::namespaced(conn.client.clone(), &ns);
+    let pods = bench_namespace(&conn.client, &ns).await;
     time_pods(&pods, pod_runs, "kind", None).await;
+    let nss: Api<Namespace> = Api::all(conn.client.clone());
     nss.delete(&ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
@@ -492,7 +482,7 @@ async fn bench_node(node: NodeKind, pod_runs: usize, delete_runs: usize, lease_r
     .await
     .expect("up");
     let client = info.client().await.expect("client");
-    let pods = bench_namespace(&client).await;
+    let pods = bench_namespace(&client, "bench").await;
 
     // Issue 12's goal for the kubelet node; the sandbox node's since its start.
     let goal = match node {

@@ -9,6 +9,14 @@ use common::{
 use predicates::str::contains;
 use sa_lab::local::{self, ClusterInfo};
 
+/// A refused `up` left no state directory for cluster `name`.
+fn assert_nothing_made(name: &str) {
+    assert!(
+        !sa_lab::paths::cluster_dir(name).exists(),
+        "nothing half-made"
+    );
+}
+
 /// Processes that belong to the cluster: its supervisor and every component
 /// (their command lines name the cluster directory).
 fn cluster_pids(info: &ClusterInfo) -> Vec<(u32, String)> {
@@ -164,10 +172,7 @@ fn a_taken_port_is_refused_before_anything_starts() {
         "{}",
         stderr(&out)
     );
-    assert!(
-        !sa_lab::paths::cluster_dir(&name).exists(),
-        "nothing half-made"
-    );
+    assert_nothing_made(&name);
 }
 
 /// A node setting the environment names wrongly is refused before anything
@@ -189,10 +194,7 @@ fn a_misnamed_node_setting_is_refused_before_anything_starts() {
         let err = stderr(&out);
         assert!(err.contains(&format!("{var}=\"{value}\"")), "{err}");
         assert!(err.contains(says), "{err}");
-        assert!(
-            !sa_lab::paths::cluster_dir(&name).exists(),
-            "nothing half-made"
-        );
+        assert_nothing_made(&name);
     }
     let name = unique("goodenv");
     let down = Down(name.clone());
@@ -224,10 +226,7 @@ fn no_binaries_and_no_go_is_a_clear_error() {
     let err = stderr(&out);
     assert!(err.contains("Go is not installed"), "{err}");
     assert!(err.contains("SA_LAB_K8S_BIN"), "{err}");
-    assert!(
-        !sa_lab::paths::cluster_dir(&name).exists(),
-        "nothing half-made"
-    );
+    assert_nothing_made(&name);
 }
 
 /// kubectl is the learner's, not the cluster's: the tour (whose cluster is
@@ -268,10 +267,7 @@ fn the_tour_needs_no_kubectl_but_up_does() {
     let err = stderr(&out);
     assert!(err.contains("lacks kubectl"), "{err}");
     assert!(err.contains("scripts/install-k8s.sh"), "{err}");
-    assert!(
-        !sa_lab::paths::cluster_dir(&name).exists(),
-        "nothing half-made"
-    );
+    assert_nothing_made(&name);
 
     std::os::unix::fs::symlink(real.join("kubectl"), bin.join("kubectl")).unwrap();
     let down = Down(name.clone());
@@ -316,10 +312,7 @@ fn crash_at_start(component: &str) {
         err.contains("simulated crash"),
         "log tail must be shown: {err}"
     );
-    assert!(
-        !sa_lab::paths::cluster_dir(&name).exists(),
-        "nothing half-made"
-    );
+    assert_nothing_made(&name);
     // What started beside it is gone too.
     let leftover = processes_mentioning(&format!("clusters/{name}/"));
     assert!(leftover.is_empty(), "processes left: {leftover:?}");
